@@ -1,0 +1,122 @@
+"""The contracts every part of seqrl is written against.
+
+- `Policy`: the inference object. `reset(done)` then `act(obs, reward)` once per environment step,
+  batched over B environments. A policy owns its context (return-to-go, KV cache, recurrent state).
+  `evaluate()`, data collection and the online collector call nothing else.
+- `Agent`: the training object. `update(batch) -> metrics`, `policy(**kw) -> Policy`,
+  `state_dict()` / `load_state_dict()`. The loops in `seqrl.train` never branch on the algorithm.
+- `PolicyStep`: what `act` returns: the action and whatever the online buffer must store.
+- `WindowBatch` / `TransitionBatch`: what the samplers in `seqrl.buffers` hand to `update`.
+
+Shapes use B batch (or envs), K/T time, A action dims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PolicyStep:
+    """The result of one `Policy.act` call."""
+
+    action: Tensor
+    """(B, *act_shape): float for continuous actions, int64 for discrete ones."""
+    info: dict[str, Tensor] = field(default_factory=dict)
+    """Per-env extras the online buffer stores: `log_prob` (B,), `value` (B,), `memory`, ..."""
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A batched, stateful policy over B environments."""
+
+    def reset(self, done: np.ndarray | Tensor | None = None) -> None:
+        """Start new episodes in the envs where `done` (B,) is True; `None` resets every env."""
+        ...
+
+    def act(
+        self, obs: np.ndarray | Tensor, reward: np.ndarray | Tensor | None = None
+    ) -> PolicyStep:
+        """Choose actions for observations `obs` (B, *obs_shape).
+
+        `reward` (B,) is the reward received for the previous action (None on the first step of
+        an episode); policies that condition on returns (Decision Transformer) use it.
+        """
+        ...
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """A trainable agent: owns its networks, optimizers, schedulers and target networks."""
+
+    def update(self, batch: Any) -> dict[str, float]:
+        """One gradient update; returns metrics with namespaced keys (`train/loss`, ...)."""
+        ...
+
+    def policy(self, **kwargs: Any) -> Policy:
+        """A fresh inference policy that shares this agent's current weights."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class _TensorBatch:
+    """Shared helpers for the batch dataclasses: move every tensor field at once."""
+
+    def to(self, device: torch.device | str) -> Any:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in values.items()}
+        return type(self)(**moved)
+
+    @property
+    def batch_size(self) -> int:
+        first = getattr(self, fields(self)[0].name)  # type: ignore[arg-type]
+        return int(first.shape[0])
+
+
+@dataclass
+class WindowBatch(_TensorBatch):
+    """Windows of K consecutive timesteps from B episodes (Decision Transformer, BC, diffusion).
+
+    Windows shorter than K (near an episode's end) are padded; `mask` is False on padding.
+    """
+
+    observations: Tensor
+    """(B, K, *obs_shape), raw (un-normalized) observations."""
+    actions: Tensor
+    """(B, K, *act_shape)."""
+    rewards: Tensor
+    """(B, K)."""
+    returns_to_go: Tensor
+    """(B, K), return-to-go from each step, already divided by the sampler's `return_scale`."""
+    timesteps: Tensor
+    """(B, K) int64, the step index within the episode."""
+    mask: Tensor
+    """(B, K) bool, True on real steps, False on padding."""
+
+
+@dataclass
+class TransitionBatch(_TensorBatch):
+    """n-step transitions (Q-Transformer and other value-based agents)."""
+
+    observations: Tensor
+    """(B, *obs_shape)."""
+    actions: Tensor
+    """(B, *act_shape)."""
+    rewards: Tensor
+    """(B,), discounted sum of up to n rewards."""
+    next_observations: Tensor
+    """(B, *obs_shape), the observation to bootstrap from, n steps later (or the final one)."""
+    dones: Tensor
+    """(B,) bool, True when the episode terminated within the n steps (no bootstrap)."""
+    discounts: Tensor
+    """(B,), gamma ** (number of steps actually taken), the bootstrap factor."""
+    returns_to_go: Tensor
+    """(B,), the Monte-Carlo discounted return from this step to the episode's end."""
