@@ -18,36 +18,195 @@ import tyro
 
 @dataclass
 class EvalArgs:
-    """Evaluate a policy on a Gymnasium env and print return and normalized score."""
+    """Evaluate a trained run (or a random policy) and print return and normalized score."""
 
     policy: Annotated[str, tyro.conf.Positional]
-    """`random`, or a seqrl run directory."""
+    """A seqrl run directory (or one of its checkpoint folders), or `random`."""
     env: str | None = None
-    """Gymnasium env id (default: the run's env)."""
+    """Gymnasium env id (default: the run's evaluation env)."""
     episodes: int = 10
     """Number of complete episodes; episode i starts from seed `seed + i`."""
     num_envs: int = 10
     """Parallel envs."""
     seed: int = 0
     """Seed of the first episode."""
+    target_return: float | None = None
+    """Return to condition on, in env units (return-conditioned agents such as DT)."""
+    inference: str | None = None
+    """DT rollout mode: `window` (reference) or `cache` (incremental)."""
 
 
 def _run_eval(args: EvalArgs) -> None:
-    from seqrl.envs import RandomPolicy, evaluate, make_env
+    from seqrl.envs import RandomPolicy, ReferenceScores, evaluate, make_env
 
-    if args.policy != "random":
-        raise ValueError(
-            f"cannot load policy {args.policy!r}: only `random` is available until the Decision "
-            "Transformer lands; pass `random`"
-        )
-    if args.env is None:
-        raise ValueError("`seqrl eval random` needs --env ENV_ID, e.g. --env Hopper-v5")
     num_envs = min(args.num_envs, args.episodes)
-    probe = make_env(args.env)
-    policy = RandomPolicy(probe.action_space, num_envs, seed=args.seed)
-    probe.close()
-    result = evaluate(policy, args.env, args.episodes, num_envs, args.seed, progress=True)
+    reference = None
+    if args.policy == "random":
+        if args.env is None:
+            raise ValueError("`seqrl eval random` needs --env ENV_ID, e.g. --env Hopper-v5")
+        env_id = args.env
+        probe = make_env(env_id)
+        policy = RandomPolicy(probe.action_space, num_envs, seed=args.seed)
+        probe.close()
+    else:
+        from seqrl.export import load_agent
+
+        agent, config = load_agent(args.policy)
+        env_id = args.env or config.get("env_id")
+        if env_id is None:
+            raise ValueError(f"{args.policy} records no evaluation env; pass --env ENV_ID")
+        if config.get("reference") and env_id == config.get("env_id"):
+            reference = ReferenceScores(**config["reference"])
+        kwargs = {"target_return": args.target_return, "inference": args.inference}
+        policy = agent.policy(
+            num_envs=num_envs, **{k: v for k, v in kwargs.items() if v is not None}
+        )
+    result = evaluate(policy, env_id, args.episodes, num_envs, args.seed, reference, progress=True)
+    print(f"{args.policy} on {env_id}, seeds {args.seed}..{args.seed + args.episodes - 1}")
     print(result.table())
+
+
+@dataclass
+class TrainOfflineArgs:
+    """Train an offline agent on a trajectory dataset."""
+
+    dataset: str | None = None
+    """Minari id (local root, MINARI_DATASETS_PATH), Minari folder, or D4RL-layout .hdf5 file."""
+    config: str | None = None
+    """Preset YAML (e.g. experiments/dt/hopper-medium.yaml) with agent/train sections."""
+    set: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """Override one setting, repeatable: --set agent.lr=3e-4 --set train.steps=20000."""
+    run_dir: str | None = None
+    """Where the run is written (default runs/ALGO-DATASET-sSEED-TIME)."""
+    resume: str | None = None
+    """Continue the run in this directory from its latest checkpoint."""
+    seed: int | None = None
+    """Seed of the run (sampling, initialization, dropout)."""
+    steps: int | None = None
+    """Gradient updates in total (shortcut for --set train.steps=N)."""
+
+
+def _run_train(algo: str, args: TrainOfflineArgs) -> None:
+    import time
+
+    from seqrl.train.runs import resolve_config, train_offline_run
+
+    if args.resume is not None:
+        train_offline_run(args.resume, resume=True)
+        print(f"run: {args.resume}")
+        return
+    overrides = list(args.set)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    config = resolve_config(algo, args.dataset, args.config, overrides)
+    run_dir = args.run_dir
+    if run_dir is None:
+        name = str(config["dataset"]).rstrip("/").replace("/", "-").removesuffix(".hdf5")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = f"runs/{algo}-{name}-s{config['seed']}-{stamp}"
+    print(f"run: {run_dir}  (TensorBoard: tensorboard --logdir {run_dir}/tb)")
+    train_offline_run(run_dir, config)
+    print(f"done. Evaluate with: seqrl eval {run_dir} --episodes 100 --num-envs 20")
+
+
+@dataclass
+class PlotArgs:
+    """Plot a run's training and evaluation curves to a PNG."""
+
+    run_dir: Annotated[str, tyro.conf.Positional]
+    """The run directory."""
+    out: str | None = None
+    """Output PNG (default RUN_DIR/curves.png)."""
+
+
+def _run_plot(args: PlotArgs) -> None:
+    from seqrl.train.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+
+
+@dataclass
+class CollectArgs:
+    """Record a dataset (Minari, or D4RL-layout .hdf5) by running a policy in vector envs."""
+
+    env: str
+    """Gymnasium env id, e.g. Hopper-v5."""
+    out: str
+    """Minari dataset id (written under MINARI_DATASETS_PATH) or a path ending in .hdf5."""
+    policy: str | None = None
+    """`random`, an SB3 .zip (VecNormalize stats beside it are applied), or a seqrl run dir."""
+    episodes: int = 100
+    """Complete episodes to record (unbiased: see `seqrl.collect`)."""
+    num_envs: int = 4
+    """Parallel envs."""
+    seed: int = 0
+    """Env i's first episode starts from seed + i."""
+    stochastic: bool = False
+    """Sample SB3 actions instead of taking the deterministic ones."""
+    train_sb3: str | None = None
+    """Train an SB3 expert first (ppo or sac) and record with it; its checkpoint is kept."""
+    steps: int = 100_000
+    """Training steps for --train-sb3."""
+    sb3_dir: str = "runs/sb3"
+    """Where --train-sb3 keeps its checkpoint."""
+    ref_min_score: float | None = None
+    """Return of a random policy (normalized score 0), stored in the dataset's metadata."""
+    ref_max_score: float | None = None
+    """Return of an expert (normalized score 100), stored in the dataset's metadata."""
+    overwrite: bool = False
+    """Replace an existing dataset of the same id / path."""
+
+
+def _run_collect(args: CollectArgs) -> None:
+    from seqrl.collect import collect
+
+    if (args.policy is None) == (args.train_sb3 is None):
+        raise ValueError("pass exactly one of --policy POLICY or --train-sb3 ppo|sac")
+    result = collect(
+        args.env,
+        args.policy,
+        args.episodes,
+        args.out,
+        num_envs=args.num_envs,
+        seed=args.seed,
+        deterministic=not args.stochastic,
+        train_sb3_algo=args.train_sb3,
+        train_steps=args.steps,
+        sb3_dir=args.sb3_dir,
+        ref_min_score=args.ref_min_score,
+        ref_max_score=args.ref_max_score,
+        overwrite=args.overwrite,
+    )
+    print(result.describe())
+
+
+@dataclass
+class DatasetsArgs:
+    """List local datasets with their statistics (`seqrl datasets`), or show one
+    (`seqrl datasets show ID_OR_PATH`)."""
+
+    words: Annotated[tuple[str, ...], tyro.conf.Positional] = ()
+    """Nothing to list, or `show ID_OR_PATH`."""
+    root: str | None = None
+    """Minari root to list (default MINARI_DATASETS_PATH or ~/.minari/datasets)."""
+    path: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """Also list these folders or .hdf5 files (repeatable)."""
+
+
+def _run_datasets(args: DatasetsArgs) -> None:
+    from seqrl.datasets_catalog import dataset_report, datasets_table
+
+    if not args.words:
+        print(datasets_table(args.root, args.path))
+    elif args.words[0] == "show" and len(args.words) == 2:
+        print(dataset_report(args.words[1]))
+    else:
+        raise ValueError(
+            f"unexpected arguments {' '.join(args.words)!r}: use `seqrl datasets` or "
+            "`seqrl datasets show ID_OR_PATH`"
+        )
 
 
 @dataclass(frozen=True)
@@ -58,7 +217,17 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "eval": Command("evaluate a policy on a Gymnasium env (batched, seeded)", EvalArgs, _run_eval),  # type: ignore[arg-type]
+    "train": Command(
+        "train an agent: seqrl train ALGO [options] (ALGO: dt)", TrainOfflineArgs, None
+    ),  # type: ignore[arg-type]
+    "eval": Command("evaluate a run or a random policy (batched, seeded)", EvalArgs, _run_eval),  # type: ignore[arg-type]
+    "collect": Command(
+        "record a dataset from a policy (random, SB3 .zip, seqrl run)", CollectArgs, _run_collect
+    ),  # type: ignore[arg-type]
+    "datasets": Command(
+        "list local datasets, or `datasets show ID` for one", DatasetsArgs, _run_datasets
+    ),  # type: ignore[arg-type]
+    "plot": Command("plot a run's training and evaluation curves (PNG)", PlotArgs, _run_plot),  # type: ignore[arg-type]
 }
 
 
@@ -87,10 +256,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("seqrl", f"unknown command {name!r}; {hint}see `seqrl --help`")
     command = COMMANDS[name]
     prog = f"seqrl {name}"
+    run = command.run
+    if name == "train":
+        from seqrl.agents import REGISTRY
+
+        if not rest or rest[0].startswith("-"):
+            algos = ", ".join(sorted(REGISTRY))
+            if rest and rest[0] in ("-h", "--help"):
+                print(f"usage: seqrl train ALGO [options]   ALGO: {algos}; seqrl train ALGO --help")
+                return 0
+            return _fail(prog, f"name the algorithm: seqrl train ALGO ... (ALGO: {algos})")
+        algo, rest = rest[0], rest[1:]
+        if algo not in REGISTRY:
+            return _fail(prog, f"unknown algorithm {algo!r}; known: {', '.join(sorted(REGISTRY))}")
+        prog = f"seqrl train {algo}"
+        run = lambda parsed: _run_train(algo, parsed)  # noqa: E731
     args = tyro.cli(command.args, args=rest, prog=prog, description=command.summary)
     try:
-        command.run(args)
-    except (ValueError, FileNotFoundError) as err:
+        run(args)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
         return _fail(prog, str(err).splitlines()[0] if str(err) else type(err).__name__)
     except KeyboardInterrupt:
         return _fail(prog, "interrupted")

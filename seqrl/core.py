@@ -67,6 +67,62 @@ class Agent(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+@dataclass(frozen=True)
+class EnvSpec:
+    """What a model must know of an environment's spaces; saved in every run's config."""
+
+    obs_shape: tuple[int, ...]
+    """Shape of one observation (a Discrete observation is stored as shape ())."""
+    action_dim: int
+    """Continuous: number of action dimensions. Discrete: number of actions."""
+    discrete: bool = False
+    """True for a Discrete action space (actions are int64 indices)."""
+    action_low: tuple[float, ...] | None = None
+    """Box lower bounds (continuous only); policies squash into [low, high]."""
+    action_high: tuple[float, ...] | None = None
+    """Box upper bounds (continuous only)."""
+
+    @property
+    def action_shape(self) -> tuple[int, ...]:
+        return () if self.discrete else (self.action_dim,)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "obs_shape": list(self.obs_shape),
+            "action_dim": self.action_dim,
+            "discrete": self.discrete,
+            "action_low": None if self.action_low is None else list(self.action_low),
+            "action_high": None if self.action_high is None else list(self.action_high),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EnvSpec:
+        low, high = data.get("action_low"), data.get("action_high")
+        return cls(
+            obs_shape=tuple(data["obs_shape"]),
+            action_dim=int(data["action_dim"]),
+            discrete=bool(data.get("discrete", False)),
+            action_low=None if low is None else tuple(float(x) for x in low),
+            action_high=None if high is None else tuple(float(x) for x in high),
+        )
+
+    @classmethod
+    def from_spaces(cls, observation_space: Any, action_space: Any) -> EnvSpec:
+        """Build from Gymnasium spaces (Box or Discrete)."""
+        obs_shape = tuple(observation_space.shape or ())
+        if hasattr(action_space, "n"):
+            return cls(obs_shape, int(action_space.n), discrete=True)
+        low = np.broadcast_to(action_space.low, action_space.shape).astype(float)
+        high = np.broadcast_to(action_space.high, action_space.shape).astype(float)
+        return cls(
+            obs_shape,
+            int(np.prod(action_space.shape)),
+            False,
+            tuple(low.ravel().tolist()),
+            tuple(high.ravel().tolist()),
+        )
+
+
 class _TensorBatch:
     """Shared helpers for the batch dataclasses: move every tensor field at once."""
 

@@ -11,7 +11,7 @@ import torch
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed `random`, NumPy's legacy RNG and torch; return a fresh NumPy Generator for `seed`."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002  (third-party code uses the legacy RNG)
+    np.random.seed(seed % 2**32)  # third-party code uses the legacy RNG
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
 

@@ -1,0 +1,407 @@
+"""Decision Transformer (Chen et al. 2021, "Decision Transformer: Reinforcement Learning via
+Sequence Modeling").
+
+Returns-to-go, states and actions of the last K steps are embedded, each plus a learned timestep
+embedding, interleaved as (R_1, s_1, a_1, R_2, s_2, a_2, ...), layer-normed and read by a causal
+sequence backbone; the action a_t is predicted from the output at token s_t. Defaults are the
+reference Gym settings (context 20, width 128, 3 layers, 1 head, dropout 0.1, ReLU, AdamW 1e-4,
+weight decay 1e-4, 10k linear warmup, grad clip 0.25, batch 64, return scale 1000).
+
+What differs from the reference code:
+- The backbone is chosen by name (`seqrl.nn.make_backbone`): GPT by default, or GTrXL, LSTM, GRU,
+  xLSTM ("a DT with an xLSTM backbone" is one config value).
+- Observation normalization (dataset mean/std) and action scaling to [-1, 1] live inside the
+  model as buffers, so they are saved with the weights and a loaded policy needs nothing else.
+- `DTPolicy` is batched over environments. `inference="window"` recomputes the left-padded last
+  K steps at every step (the reference `get_action` semantics); `inference="cache"` feeds one new
+  (R, s) pair and then the chosen action through the backbone's incremental `step`. The two are
+  the same function only for a model trained with a sliding attention window
+  (`attention_window`): see docs/architecture.md.
+- Discrete action spaces get a categorical head and cross-entropy loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqrl.core import EnvSpec, PolicyStep, WindowBatch
+from seqrl.nn import make_backbone
+from seqrl.nn.optim import optimizer_step
+
+
+@dataclass
+class DTConfig:
+    """Decision Transformer settings (defaults: the reference Gym experiments)."""
+
+    context_len: int = 20
+    """K: timesteps per training window and per inference window."""
+    width: int = 128
+    """Embedding width D."""
+    layers: int = 3
+    """Backbone layers."""
+    heads: int = 1
+    """Attention heads (attention backbones)."""
+    dropout: float = 0.1
+    """Dropout in embeddings and backbone."""
+    activation: str = "relu"
+    """MLP activation in the backbone (the reference DT uses ReLU)."""
+    backbone: str = "gpt"
+    """Sequence backbone: gpt | gtrxl | lstm | gru | xlstm."""
+    attention_window: int | None = None
+    """Sliding attention window in timesteps (3 tokens each); None = full causal attention over
+    the context. Set it (with `context_len` > it) to train a model whose `inference="cache"`
+    rollouts are exact."""
+    max_timestep: int = 1000
+    """Size of the timestep embedding; later timesteps use the last entry."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    warmup_steps: int = 10_000
+    """Linear learning-rate warmup, in updates."""
+    grad_clip: float = 0.25
+    """Max global gradient norm."""
+    batch_size: int = 64
+    """Windows per update."""
+    return_scale: float = 1000.0
+    """Returns-to-go are divided by this before embedding."""
+    target_return: float = 3600.0
+    """Default return to condition on at evaluation, in env units (reference Hopper: 3600)."""
+    inference: str = "window"
+    """Rollout mode: "window" (reference: recompute last K steps) or "cache" (incremental)."""
+    device: str = "cpu"
+    """Torch device for training and inference."""
+
+    def __post_init__(self) -> None:
+        if self.inference not in ("window", "cache"):
+            raise ValueError(f"inference must be 'window' or 'cache', got {self.inference!r}")
+        if self.context_len < 1:
+            raise ValueError(f"context_len must be >= 1, got {self.context_len}")
+        if self.attention_window is not None and self.attention_window < 1:
+            raise ValueError(f"attention_window must be >= 1 or None, got {self.attention_window}")
+
+
+class DecisionTransformerModel(nn.Module):
+    """Embeddings + backbone + action head. Inputs are raw observations and env-unit actions."""
+
+    def __init__(
+        self,
+        config: DTConfig,
+        spec: EnvSpec,
+        obs_mean: np.ndarray | None = None,
+        obs_std: np.ndarray | None = None,
+    ) -> None:
+        super().__init__()
+        self.config, self.spec = config, spec
+        width = config.width
+        obs_dim = int(np.prod(spec.obs_shape)) if spec.obs_shape else 1
+        self.obs_dim = obs_dim
+        mean = np.zeros(obs_dim) if obs_mean is None else np.asarray(obs_mean).reshape(obs_dim)
+        std = np.ones(obs_dim) if obs_std is None else np.asarray(obs_std).reshape(obs_dim)
+        self.register_buffer("obs_mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("obs_std", torch.as_tensor(std, dtype=torch.float32))
+        if not spec.discrete:
+            low = (
+                -np.ones(spec.action_dim) if spec.action_low is None else np.array(spec.action_low)
+            )
+            high = (
+                np.ones(spec.action_dim) if spec.action_high is None else np.array(spec.action_high)
+            )
+            bounded = np.isfinite(low) & np.isfinite(high)
+            # unbounded dims pass through unscaled (center 0, half-range 1)
+            center = np.where(bounded, (high + low) / 2, 0.0)
+            half_range = np.where(bounded, (high - low) / 2, 1.0)
+            self.register_buffer("action_center", torch.as_tensor(center, dtype=torch.float32))
+            self.register_buffer(
+                "action_half_range", torch.as_tensor(half_range, dtype=torch.float32)
+            )
+
+        self.embed_return = nn.Linear(1, width)
+        self.embed_state = nn.Linear(obs_dim, width)
+        if spec.discrete:
+            self.embed_action: nn.Module = nn.Embedding(spec.action_dim, width)
+        else:
+            self.embed_action = nn.Linear(spec.action_dim, width)
+        self.embed_timestep = nn.Embedding(config.max_timestep, width)
+        self.embed_ln = nn.LayerNorm(width)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        token_window = None if config.attention_window is None else 3 * config.attention_window
+        self.backbone = make_backbone(
+            config.backbone,
+            width=width,
+            layers=config.layers,
+            heads=config.heads,
+            dropout=config.dropout,
+            window=token_window,
+            max_len=3 * config.max_timestep,
+            activation=config.activation,
+        )
+        self.action_head = nn.Linear(width, spec.action_dim)
+
+    # ---- embedding -------------------------------------------------------------------------
+    def normalize_actions(self, actions: Tensor) -> Tensor:
+        """Env-unit actions -> model units ([-1, 1] on bounded dims); discrete: unchanged."""
+        if self.spec.discrete:
+            return actions.long()
+        return (actions - self.action_center) / self.action_half_range
+
+    def _embed_steps(
+        self, returns_to_go: Tensor, observations: Tensor, timesteps: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Return and state tokens, each (B, T, D), timestep embedding added."""
+        batch, time = timesteps.shape
+        time_emb = self.embed_timestep(timesteps.clamp(0, self.config.max_timestep - 1))
+        obs = observations.reshape(batch, time, self.obs_dim).float()  # (B, T, obs_dim)
+        obs = (obs - self.obs_mean) / self.obs_std
+        return_tokens = self.embed_return(returns_to_go.unsqueeze(-1).float()) + time_emb
+        state_tokens = self.embed_state(obs) + time_emb
+        return return_tokens, state_tokens
+
+    def _embed_actions(self, actions: Tensor, timesteps: Tensor) -> Tensor:
+        """Action tokens (B, T, D); `actions` are already in model units."""
+        time_emb = self.embed_timestep(timesteps.clamp(0, self.config.max_timestep - 1))
+        return self.embed_action(actions) + time_emb
+
+    def _finish_tokens(self, tokens: Tensor) -> Tensor:
+        return self.embed_dropout(self.embed_ln(tokens))
+
+    def _head(self, hidden: Tensor) -> Tensor:
+        """Action predictions in model units: tanh (continuous) or logits (discrete)."""
+        out = self.action_head(hidden)
+        return out if self.spec.discrete else torch.tanh(out)
+
+    def to_env_action(self, prediction: Tensor) -> Tensor:
+        """Model output (B, A) -> env action: scaled into the Box, or the argmax index."""
+        if self.spec.discrete:
+            return prediction.argmax(-1)
+        return prediction * self.action_half_range + self.action_center
+
+    # ---- parallel (training, window inference) --------------------------------------------
+    def forward(
+        self,
+        observations: Tensor,
+        actions: Tensor,
+        returns_to_go: Tensor,
+        timesteps: Tensor,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """Predicted actions (B, T, A) (model units / logits) from the state tokens.
+
+        observations (B, T, *obs_shape) raw; actions (B, T, *act_shape) in model units;
+        returns_to_go (B, T) scaled; timesteps (B, T); mask (B, T) bool, False on padding.
+        """
+        batch, time = timesteps.shape
+        return_tokens, state_tokens = self._embed_steps(returns_to_go, observations, timesteps)
+        action_tokens = self._embed_actions(actions, timesteps)
+        tokens = torch.stack((return_tokens, state_tokens, action_tokens), dim=2)  # (B, T, 3, D)
+        tokens = self._finish_tokens(tokens.reshape(batch, 3 * time, -1))  # (B, 3T, D)
+        token_mask = None if mask is None else mask.repeat_interleave(3, dim=1)  # (B, 3T)
+        hidden, _ = self.backbone(tokens, mask=token_mask, return_state=False)  # (B, 3T, D)
+        state_hidden = hidden.reshape(batch, time, 3, -1)[:, :, 1]  # (B, T, D)
+        return self._head(state_hidden)
+
+    # ---- incremental (cache inference) ------------------------------------------------------
+    def step_state(
+        self, returns_to_go: Tensor, observations: Tensor, timesteps: Tensor, state: Any
+    ) -> tuple[Tensor, Any]:
+        """Feed (R_t, s_t) for every env; returns predictions (B, A) and the new state."""
+        return_tokens, state_tokens = self._embed_steps(
+            returns_to_go[:, None], observations[:, None], timesteps[:, None]
+        )
+        tokens = torch.cat((return_tokens, state_tokens), dim=1)  # (B, 2, D)
+        hidden, state = self.backbone.step(self._finish_tokens(tokens), state)
+        return self._head(hidden[:, -1]), state
+
+    def step_action(self, actions: Tensor, timesteps: Tensor, state: Any) -> Any:
+        """Feed a_t (model units, (B, *act_shape)) so the next step can attend to it."""
+        tokens = self._finish_tokens(self._embed_actions(actions[:, None], timesteps[:, None]))
+        _, state = self.backbone.step(tokens, state)
+        return state
+
+
+def dt_loss(model: DecisionTransformerModel, batch: WindowBatch) -> tuple[Tensor, dict[str, float]]:
+    """Masked MSE (continuous, model units) or cross-entropy (discrete) on the predicted actions."""
+    targets = model.normalize_actions(batch.actions)
+    predictions = model(
+        batch.observations, targets, batch.returns_to_go, batch.timesteps, batch.mask
+    )  # (B, K, A)
+    valid = batch.mask
+    if model.spec.discrete:
+        loss = F.cross_entropy(predictions[valid], targets[valid])
+        accuracy = (predictions[valid].argmax(-1) == targets[valid]).float().mean()
+        return loss, {"train/loss": loss.item(), "train/action_accuracy": accuracy.item()}
+    loss = F.mse_loss(predictions[valid], targets[valid])
+    return loss, {"train/loss": loss.item()}
+
+
+class DecisionTransformer:
+    """The DT agent: model, AdamW with linear warmup, `update(WindowBatch)`, `policy()`."""
+
+    def __init__(
+        self,
+        config: DTConfig,
+        spec: EnvSpec,
+        obs_mean: np.ndarray | None = None,
+        obs_std: np.ndarray | None = None,
+    ) -> None:
+        self.config, self.spec = config, spec
+        self.device = torch.device(config.device)
+        self.model = DecisionTransformerModel(config, spec, obs_mean, obs_std).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        warmup = max(config.warmup_steps, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min((step + 1) / warmup, 1.0)
+        )
+        self.updates = 0
+
+    def update(self, batch: WindowBatch) -> dict[str, float]:
+        self.model.train()
+        loss, metrics = dt_loss(self.model, batch.to(self.device))
+        grad_norm = optimizer_step(
+            self.optimizer, loss, self.model.parameters(), self.config.grad_clip, self.scheduler
+        )
+        self.updates += 1
+        metrics["train/grad_norm"] = float(grad_norm)
+        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+        return metrics
+
+    def policy(
+        self,
+        num_envs: int = 1,
+        target_return: float | None = None,
+        inference: str | None = None,
+    ) -> DTPolicy:
+        return DTPolicy(
+            self.model,
+            num_envs=num_envs,
+            target_return=self.config.target_return if target_return is None else target_return,
+            inference=self.config.inference if inference is None else inference,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.updates = int(state["updates"])
+
+
+class DTPolicy:
+    """Batched DT rollouts over N envs: per-env return-to-go, timestep and context.
+
+    `act(obs, reward)` decrements each env's return-to-go by the reward of its previous step
+    (ignored right after a reset), appends the step to the env's context and returns the action
+    for it. `target_return` is in env units and may be changed between calls.
+    """
+
+    def __init__(
+        self,
+        model: DecisionTransformerModel,
+        num_envs: int,
+        target_return: float,
+        inference: str = "window",
+    ) -> None:
+        if inference not in ("window", "cache"):
+            raise ValueError(f"inference must be 'window' or 'cache', got {inference!r}")
+        self.model, self.num_envs, self.inference = model, num_envs, inference
+        self.target_return = target_return
+        self.config, self.spec = model.config, model.spec
+        self.device = next(model.parameters()).device
+        n, k = num_envs, self.config.context_len
+        dev = self.device
+        self.returns_to_go = torch.zeros(n, device=dev)  # (N,) scaled
+        self.timestep = torch.zeros(n, dtype=torch.long, device=dev)  # (N,)
+        self.fresh = torch.ones(n, dtype=torch.bool, device=dev)  # (N,) reset since last act
+        # window mode: left-padded context of the last K steps
+        obs_shape = self.spec.obs_shape
+        self.obs_context = torch.zeros((n, k, *obs_shape), device=dev)  # (N, K, *obs)
+        act_shape, act_dtype = self.spec.action_shape, torch.long if self.spec.discrete else None
+        self.action_context = torch.zeros((n, k, *act_shape), dtype=act_dtype, device=dev)
+        self.rtg_context = torch.zeros((n, k), device=dev)  # (N, K)
+        self.time_context = torch.zeros((n, k), dtype=torch.long, device=dev)  # (N, K)
+        self.valid = torch.zeros(n, dtype=torch.long, device=dev)  # (N,) steps in context
+        self.state = model.backbone.initial_state(n, dev) if inference == "cache" else None
+        self.reset(None)
+
+    def reset(self, done: np.ndarray | Tensor | None = None) -> None:
+        rows = (
+            torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+            if done is None
+            else torch.as_tensor(np.asarray(done), dtype=torch.bool, device=self.device)
+        )
+        self.returns_to_go[rows] = self.target_return / self.config.return_scale
+        self.timestep[rows] = 0
+        self.fresh[rows] = True
+        self.valid[rows] = 0
+        for context in (self.obs_context, self.action_context, self.rtg_context, self.time_context):
+            context[rows] = 0
+        if self.state is not None:
+            self.state = self.model.backbone.reset_state(self.state, rows)
+
+    @torch.no_grad()
+    def act(
+        self, obs: np.ndarray | Tensor, reward: np.ndarray | Tensor | None = None
+    ) -> PolicyStep:
+        was_training = self.model.training
+        self.model.eval()
+        obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
+        if obs_t.shape[0] != self.num_envs:
+            raise ValueError(
+                f"DTPolicy was built for {self.num_envs} envs but got observations for "
+                f"{obs_t.shape[0]}; create it with agent.policy(num_envs={obs_t.shape[0]})"
+            )
+        if reward is not None:
+            reward_t = torch.as_tensor(np.asarray(reward), dtype=torch.float32, device=self.device)
+            decrement = torch.where(self.fresh, 0.0, reward_t / self.config.return_scale)
+            self.returns_to_go -= decrement
+        if self.inference == "window":
+            prediction = self._act_window(obs_t)
+        else:
+            prediction = self._act_cache(obs_t)
+        self.last_prediction = prediction  # (N, A) model units / logits, for inspection and tests
+        self.fresh[:] = False
+        self.timestep += 1
+        self.model.train(was_training)
+        return PolicyStep(action=self.model.to_env_action(prediction))
+
+    def _act_window(self, obs: Tensor) -> Tensor:
+        # shift every env's context left by one step and write the new step at the end
+        for context in (self.obs_context, self.action_context, self.rtg_context, self.time_context):
+            context.copy_(torch.roll(context, shifts=-1, dims=1))
+            context[:, -1] = 0
+        self.obs_context[:, -1] = obs
+        self.rtg_context[:, -1] = self.returns_to_go
+        self.time_context[:, -1] = self.timestep
+        self.valid = (self.valid + 1).clamp(max=self.config.context_len)
+        positions = torch.arange(self.config.context_len, device=self.device)
+        mask = positions[None, :] >= (self.config.context_len - self.valid)[:, None]  # (N, K)
+        predictions = self.model(
+            self.obs_context, self.action_context, self.rtg_context, self.time_context, mask
+        )  # (N, K, A)
+        prediction = predictions[:, -1]
+        self.action_context[:, -1] = prediction.argmax(-1) if self.spec.discrete else prediction
+        return prediction
+
+    def _act_cache(self, obs: Tensor) -> Tensor:
+        prediction, self.state = self.model.step_state(
+            self.returns_to_go, obs, self.timestep, self.state
+        )
+        action = prediction.argmax(-1) if self.spec.discrete else prediction
+        self.state = self.model.step_action(action, self.timestep, self.state)
+        return prediction

@@ -1,0 +1,110 @@
+"""Typed configs: dataclasses from YAML dicts and `--set key=value` overrides, with clear errors.
+
+A run config is a nested dict (`algo`, `dataset`, `seed`, `agent: {...}`, `train: {...}`); the
+`agent` and `train` sections become the algorithm's and the loop's config dataclasses. Unknown
+keys are errors (a typo must not be silently ignored), and values are converted to the field's
+declared type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain YAML-safe data."""
+    return dataclasses.asdict(config)
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(errors[0] if errors else f"{where}: cannot convert {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(annotation)
+        item = args[0] if args else Any
+        return origin(_convert(v, item, where) for v in value) if item is not Any else origin(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if annotation in (int, float, str):
+        try:
+            converted = annotation(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
+        if annotation is int and isinstance(value, float) and value != int(value):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return converted
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, section: str = "") -> T:
+    """Build config dataclass `cls` from `data`, converting types; unknown keys are errors."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    prefix = f"{section}." if section else ""
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ValueError(
+                f"unknown setting {prefix}{key}{hint}; valid: {', '.join(prefix + n for n in names)}"
+            )
+    kwargs = {k: _convert(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file; a clear error when it is missing or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found (presets are in experiments/)")
+    with open(path) as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping of settings, got {data!r}")
+    return data
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a nested config dict."""
+    result = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set agent.lr=3e-4")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else None
+        parts = key.strip().split(".")
+        node = result
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return result

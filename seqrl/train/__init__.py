@@ -1,0 +1,1 @@
+"""Training loops: the shared offline loop, run assembly, logging and plots."""

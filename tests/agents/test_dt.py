@@ -1,0 +1,140 @@
+"""Decision Transformer: rollouts match the reference get_action and the parallel forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seqrl.agents.dt import DecisionTransformer, DTConfig
+from tests.agents.helpers import CONTINUOUS, DISCRETE, observation_stream, random_window_batch
+
+
+def _trained_agent(spec=CONTINUOUS, steps=3, **overrides):
+    torch.manual_seed(0)
+    config = DTConfig(width=16, layers=3, heads=2, context_len=5, warmup_steps=1, **overrides)
+    agent = DecisionTransformer(config, spec, obs_mean=np.full(5, 0.3), obs_std=np.full(5, 2.0))
+    for seed in range(steps):
+        agent.update(random_window_batch(spec, context=config.context_len, seed=seed))
+    agent.model.eval()
+    return agent
+
+
+def reference_get_action(model, states, actions, returns_to_go, timesteps, context_len):
+    """The official DT `get_action`: left-pad the last K steps and run the whole window."""
+    states = torch.as_tensor(np.array(states))[-context_len:][None]  # (1, T, obs)
+    actions = torch.stack(actions)[-context_len:][None]  # (1, T, A)
+    rtg = torch.tensor(returns_to_go, dtype=torch.float32)[-context_len:][None]  # (1, T)
+    steps = torch.tensor(timesteps)[-context_len:][None]  # (1, T)
+    length, pad = states.shape[1], context_len - states.shape[1]
+    mask = torch.cat([torch.zeros(pad), torch.ones(length)]).bool()[None]
+    states = torch.cat([torch.zeros(1, pad, states.shape[-1]), states], dim=1)
+    actions = torch.cat([torch.zeros(1, pad, actions.shape[-1]), actions], dim=1)
+    rtg = torch.cat([torch.zeros(1, pad), rtg], dim=1)
+    steps = torch.cat([torch.zeros(1, pad, dtype=torch.long), steps], dim=1)
+    return model(states, actions, rtg, steps, mask)[0, -1]
+
+
+def test_window_policy_matches_reference_get_action_on_long_episodes():
+    agent = _trained_agent()
+    model, scale, target = agent.model, agent.config.return_scale, 3.0 * agent.config.return_scale
+    steps, num_envs = 13, 3  # longer than K = 5
+    obs, rewards = observation_stream(CONTINUOUS, steps, num_envs, seed=4)
+    policy = agent.policy(num_envs=num_envs, target_return=target, inference="window")
+    policy.reset()
+    batched = [policy.act(obs[t], None if t == 0 else rewards[t - 1]).action for t in range(steps)]
+    for env in range(num_envs):
+        states, actions, rtg, timesteps = [], [], [target / scale], []
+        for t in range(steps):
+            if t > 0:
+                rtg.append(rtg[-1] - rewards[t - 1, env] / scale)
+            states.append(obs[t, env])
+            actions.append(torch.zeros(2))
+            timesteps.append(t)
+            with torch.no_grad():
+                prediction = reference_get_action(model, states, actions, rtg, timesteps, 5)
+            actions[-1] = prediction
+            expected = model.to_env_action(prediction[None])[0]
+            torch.testing.assert_close(batched[t][env], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["gpt"])
+def test_cache_policy_equals_parallel_forward_of_sliding_window_model(backbone):
+    agent = _trained_agent(attention_window=3, backbone=backbone)
+    model, scale = agent.model, agent.config.return_scale
+    steps, num_envs, target = 14, 2, 2000.0  # episode spans several windows
+    obs, rewards = observation_stream(CONTINUOUS, steps, num_envs, seed=2)
+    policy = agent.policy(num_envs=num_envs, target_return=target, inference="cache")
+    policy.reset()
+    predictions = []
+    for t in range(steps):
+        policy.act(obs[t], None if t == 0 else rewards[t - 1])
+        predictions.append(policy.last_prediction.clone())
+    predictions = torch.stack(predictions, dim=1)  # (N, T, A)
+    rtg = target / scale - np.concatenate(
+        [np.zeros((1, num_envs)), np.cumsum(rewards[:-1], axis=0) / scale]
+    )  # (T, N)
+    with torch.no_grad():
+        parallel = model(
+            torch.as_tensor(obs).transpose(0, 1),
+            predictions,  # the actions the policy fed back, in model units
+            torch.as_tensor(rtg, dtype=torch.float32).T,
+            torch.arange(steps).repeat(num_envs, 1),
+        )
+    torch.testing.assert_close(predictions, parallel, rtol=1e-4, atol=1e-5)
+
+
+def test_window_and_cache_agree_within_the_first_context():
+    agent = _trained_agent()
+    obs, rewards = observation_stream(CONTINUOUS, 5, 2, seed=3)
+    window = agent.policy(num_envs=2, inference="window")
+    cache = agent.policy(num_envs=2, inference="cache")
+    for t in range(5):
+        reward = None if t == 0 else rewards[t - 1]
+        torch.testing.assert_close(
+            window.act(obs[t], reward).action,
+            cache.act(obs[t], reward).action,
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_target_return_conditions_the_actions():
+    agent = _trained_agent()
+    obs, _ = observation_stream(CONTINUOUS, 1, 1)
+    low = agent.policy(num_envs=1, target_return=0.0).act(obs[0]).action
+    high = agent.policy(num_envs=1, target_return=5000.0).act(obs[0]).action
+    assert not torch.allclose(low, high)
+
+
+def test_policy_rejects_wrong_number_of_envs():
+    agent = _trained_agent()
+    policy = agent.policy(num_envs=2)
+    with pytest.raises(ValueError, match="built for 2 envs"):
+        policy.act(np.zeros((3, 5), dtype=np.float32))
+
+
+def test_config_rejects_unknown_inference_mode():
+    with pytest.raises(ValueError, match="inference must be"):
+        DTConfig(inference="fast")
+
+
+def test_dt_learns_a_state_dependent_action_mapping():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(4, 3)).astype(np.float32)
+    config = DTConfig(
+        width=32, layers=2, heads=2, context_len=4, dropout=0.0, warmup_steps=10, lr=1e-3
+    )
+    agent = DecisionTransformer(config, DISCRETE)
+
+    def batch(seed):
+        b = random_window_batch(DISCRETE, batch=32, context=4, seed=seed)
+        b.actions = torch.as_tensor(b.observations.numpy() @ weights).argmax(-1)  # (B, K)
+        return b
+
+    first = agent.update(batch(0))["train/loss"]
+    for seed in range(1, 300):
+        last = agent.update(batch(seed))
+    assert last["train/loss"] < 0.5 * first
+    assert last["train/action_accuracy"] > 0.8
