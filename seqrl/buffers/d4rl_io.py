@@ -32,6 +32,16 @@ import numpy as np
 from seqrl.buffers.episode_store import EpisodeStore, StoreMetadata
 from seqrl.buffers.validation import data_error, episode_of_step
 
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+"""Lossless: gzip with byte shuffling roughly halves float arrays on disk."""
+
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 OPTIONAL_KEYS = ("next_observations",)
 _METADATA_FIELDS = ("env_id", "dataset_id", "ref_min_score", "ref_max_score")
@@ -242,12 +252,12 @@ def write_d4rl_hdf5(store: EpisodeStore, path: str | Path, overwrite: bool = Fal
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("observations", data=store.observations)
-            f.create_dataset("next_observations", data=store.next_observations())
-            f.create_dataset("actions", data=store.actions)
-            f.create_dataset("rewards", data=store.rewards)
-            f.create_dataset("terminals", data=store.terminations)
-            f.create_dataset("timeouts", data=store.truncations)
+            f.create_dataset("observations", data=store.observations, **COMPRESSION)
+            f.create_dataset("next_observations", data=store.next_observations(), **COMPRESSION)
+            f.create_dataset("actions", data=store.actions, **COMPRESSION)
+            f.create_dataset("rewards", data=store.rewards, **COMPRESSION)
+            f.create_dataset("terminals", data=store.terminations, **COMPRESSION)
+            f.create_dataset("timeouts", data=store.truncations, **COMPRESSION)
             meta = f.create_group("metadata")
             for key in _METADATA_FIELDS:
                 value = getattr(store.metadata, key)
@@ -258,6 +268,7 @@ def write_d4rl_hdf5(store: EpisodeStore, path: str | Path, overwrite: bool = Fal
             )
             if algorithm is not None:
                 meta.create_dataset("algorithm", data=str(algorithm))
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
