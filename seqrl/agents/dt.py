@@ -77,8 +77,14 @@ class DTConfig:
     """Rollout mode: "window" (reference: recompute last K steps) or "cache" (incremental)."""
     device: str = "cpu"
     """Torch device for training and inference."""
+    precision: str = "fp32"
+    """"fp32", or "bf16": bfloat16 autocast for matmuls in updates and rollouts (weights and
+    optimizer stay fp32). About 1.6x faster updates on CPUs with AVX512-BF16 or AMX, and on
+    recent GPUs."""
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.inference not in ("window", "cache"):
             raise ValueError(f"inference must be 'window' or 'cache', got {self.inference!r}")
         if self.context_len < 1:
@@ -225,12 +231,19 @@ class DecisionTransformerModel(nn.Module):
         return state
 
 
+def autocast(model: DecisionTransformerModel) -> torch.autocast:
+    """bfloat16 autocast when the model's config asks for it (a no-op context otherwise)."""
+    device_type = next(model.parameters()).device.type
+    enabled = model.config.precision == "bf16"
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def dt_loss(model: DecisionTransformerModel, batch: WindowBatch) -> tuple[Tensor, dict[str, float]]:
     """Masked MSE (continuous, model units) or cross-entropy (discrete) on the predicted actions."""
     targets = model.normalize_actions(batch.actions)
     predictions = model(
         batch.observations, targets, batch.returns_to_go, batch.timesteps, batch.mask
-    )  # (B, K, A)
+    ).float()  # (B, K, A); the loss in fp32 also under bf16 autocast
     valid = batch.mask
     if model.spec.discrete:
         loss = F.cross_entropy(predictions[valid], targets[valid])
@@ -264,7 +277,8 @@ class DecisionTransformer:
 
     def update(self, batch: WindowBatch) -> dict[str, float]:
         self.model.train()
-        loss, metrics = dt_loss(self.model, batch.to(self.device))
+        with autocast(self.model):
+            loss, metrics = dt_loss(self.model, batch.to(self.device))
         grad_norm = optimizer_step(
             self.optimizer, loss, self.model.parameters(), self.config.grad_clip, self.scheduler
         )
@@ -370,10 +384,12 @@ class DTPolicy:
             reward_t = torch.as_tensor(np.asarray(reward), dtype=torch.float32, device=self.device)
             decrement = torch.where(self.fresh, 0.0, reward_t / self.config.return_scale)
             self.returns_to_go -= decrement
-        if self.inference == "window":
-            prediction = self._act_window(obs_t)
-        else:
-            prediction = self._act_cache(obs_t)
+        with autocast(self.model):
+            if self.inference == "window":
+                prediction = self._act_window(obs_t)
+            else:
+                prediction = self._act_cache(obs_t)
+        prediction = prediction.float()
         self.last_prediction = prediction  # (N, A) model units / logits, for inspection and tests
         self.fresh[:] = False
         self.timestep += 1

@@ -138,3 +138,25 @@ def test_dt_learns_a_state_dependent_action_mapping():
         last = agent.update(batch(seed))
     assert last["train/loss"] < 0.5 * first
     assert last["train/action_accuracy"] > 0.8
+
+
+def test_bf16_autocast_update_tracks_fp32_and_rollouts_stay_fp32_shaped():
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        config = DTConfig(
+            width=32, layers=2, heads=2, context_len=5, dropout=0.0, precision=precision
+        )
+        agent = DecisionTransformer(config, CONTINUOUS)
+        losses[precision] = [
+            agent.update(random_window_batch(CONTINUOUS, context=5, seed=s))["train/loss"]
+            for s in range(5)
+        ]
+        action = (
+            agent.policy(num_envs=2, inference="cache").act(np.zeros((2, 5), np.float32)).action
+        )
+        assert action.dtype == torch.float32 and torch.isfinite(action).all()
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.05)
+    assert losses["bf16"] != losses["fp32"], "autocast must actually change the arithmetic"
+    with pytest.raises(ValueError, match="precision must be"):
+        DTConfig(precision="fp16")
