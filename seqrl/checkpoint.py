@@ -77,6 +77,21 @@ def load_config(run_dir: str | Path) -> dict[str, Any]:
         return yaml.safe_load(handle)
 
 
+def run_config(run_dir: Path, config: dict[str, Any] | None, resume: bool) -> dict[str, Any]:
+    """The config a run starts from: read from `run_dir` on resume, else `config`, refusing to
+    start a new run where one already is (so a finished or running run is never overwritten)."""
+    if resume:
+        return load_config(run_dir)
+    if config is None:
+        raise ValueError("a new run needs a config (resolve it from a preset and --set first)")
+    if (run_dir / CONFIG_FILE).exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
+            "another --run-dir"
+        )
+    return config
+
+
 def rng_state() -> dict[str, Any]:
     """The global RNG states (Python, NumPy legacy, torch CPU) as checkpointable data."""
     np_state = np.random.get_state()

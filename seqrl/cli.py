@@ -218,7 +218,9 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
-        "train an agent: seqrl train ALGO [options] (ALGO: dt)", TrainOfflineArgs, None
+        "train an agent: seqrl train ALGO [options] (ALGO: dt, recurrent-ppo)",
+        TrainOfflineArgs,
+        None,
     ),  # type: ignore[arg-type]
     "eval": Command("evaluate a run or a random policy (batched, seeded)", EvalArgs, _run_eval),  # type: ignore[arg-type]
     "collect": Command(
@@ -270,8 +272,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if algo not in REGISTRY:
             return _fail(prog, f"unknown algorithm {algo!r}; known: {', '.join(sorted(REGISTRY))}")
         prog = f"seqrl train {algo}"
-        run = lambda parsed: _run_train(algo, parsed)  # noqa: E731
-    args = tyro.cli(command.args, args=rest, prog=prog, description=command.summary)
+        args_cls: type = command.args
+        if REGISTRY[algo].batch == "rollout":
+            from seqrl.train.online import TrainOnlineArgs, run_train_online
+
+            args_cls = TrainOnlineArgs
+            run = lambda parsed: print(f"run: {run_train_online(algo, parsed)}")  # noqa: E731
+        else:
+            run = lambda parsed: _run_train(algo, parsed)  # noqa: E731
+        args = tyro.cli(args_cls, args=rest, prog=prog, description=REGISTRY[algo].summary)
+    else:
+        args = tyro.cli(command.args, args=rest, prog=prog, description=command.summary)
     try:
         run(args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:

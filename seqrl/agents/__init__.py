@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seqrl.agents.dt import DecisionTransformer, DTConfig, DTPolicy
+from seqrl.agents.recurrent_ppo import RecurrentPPO, RecurrentPPOConfig
 
 
 @dataclass(frozen=True)
@@ -19,13 +20,21 @@ class AgentEntry:
     config_cls: type
     agent_cls: type
     batch: str
-    """What `update` takes: "window" (WindowBatch, offline sequences) or "rollout" (online)."""
+    """What `update` takes: "window" (WindowBatch, offline sequences, `seqrl train ALGO
+    --dataset`) or "rollout" (on-policy rollouts, `seqrl train ALGO --env`)."""
     summary: str
 
 
 REGISTRY: dict[str, AgentEntry] = {
     "dt": AgentEntry(
         "dt", DTConfig, DecisionTransformer, "window", "Decision Transformer (Chen et al. 2021)"
+    ),
+    "recurrent-ppo": AgentEntry(
+        "recurrent-ppo",
+        RecurrentPPOConfig,
+        RecurrentPPO,
+        "rollout",
+        "PPO with a memory backbone: gtrxl | lstm | gru | xlstm | mlp",
     ),
 }
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from seqrl.agents import get_agent_entry
 from seqrl.buffers import EpisodeStore, WindowSampler, load_dataset
-from seqrl.checkpoint import load_config, save_config
+from seqrl.checkpoint import run_config, save_config
 from seqrl.config import apply_overrides, from_dict, load_yaml, to_dict
 from seqrl.core import EnvSpec
 from seqrl.envs import ReferenceScores, d4rl_reference_scores, make_env, seed_everything
@@ -122,15 +122,7 @@ def train_offline_run(
     `config` comes from `resolve_config`; on resume it is read from the run directory.
     """
     run_dir = Path(run_dir)
-    if resume:
-        config = load_config(run_dir)
-    elif config is None:
-        raise ValueError("a new run needs a config (see resolve_config)")
-    elif (run_dir / "config.yaml").exists():
-        raise FileExistsError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
-            "another --run-dir"
-        )
+    config = run_config(run_dir, config, resume)
     entry = get_agent_entry(config["algo"])
     store = store if store is not None else load_dataset(config["dataset"])
     env_id = config.get("env_id") or store.metadata.env_id

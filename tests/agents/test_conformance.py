@@ -10,8 +10,12 @@ import torch
 
 from seqrl.agents import REGISTRY
 from tests.agents.helpers import CONTINUOUS, DISCRETE, observation_stream, random_window_batch
+from tests.buffers.test_rollout import collect_synthetic_rollout
 
-TINY = {"dt": {"width": 16, "layers": 2, "heads": 2, "context_len": 6, "warmup_steps": 1}}
+TINY = {
+    "dt": {"width": 16, "layers": 2, "heads": 2, "context_len": 6, "warmup_steps": 1},
+    "recurrent-ppo": {"backbone": "lstm", "width": 16, "layers": 1, "memory": 6, "chunk_len": 4},
+}
 
 
 def _make(name, spec):
@@ -20,9 +24,12 @@ def _make(name, spec):
     return entry, entry.agent_cls(config, spec)
 
 
-def _batch(entry, spec, seed=0):
+def _batch(entry, spec, seed=0, agent=None):
+    """A tiny synthetic batch of the kind the agent's `update` takes."""
     if entry.batch == "window":
         return random_window_batch(spec, context=6, seed=seed)
+    if entry.batch == "rollout":  # collected by the agent's own sampling policy
+        return collect_synthetic_rollout(agent, seed=seed)
     raise NotImplementedError(f"no synthetic batch for {entry.batch!r} agents yet")
 
 
@@ -31,7 +38,7 @@ def _batch(entry, spec, seed=0):
 def test_update_gives_finite_metrics_and_a_gradient_on_every_parameter(name, spec):
     torch.manual_seed(0)
     entry, agent = _make(name, spec)
-    metrics = agent.update(_batch(entry, spec))
+    metrics = agent.update(_batch(entry, spec, agent=agent))
     assert metrics and all(math.isfinite(v) for v in metrics.values())
     assert all(k.count("/") == 1 for k in metrics), "metric keys are namespaced"
     for pname, param in agent.model.named_parameters():
@@ -44,16 +51,16 @@ def test_state_dict_round_trips_exactly(name):
     torch.manual_seed(0)
     entry, agent = _make(name, CONTINUOUS)
     for seed in range(2):
-        agent.update(_batch(entry, CONTINUOUS, seed))
+        agent.update(_batch(entry, CONTINUOUS, seed, agent))
     _, clone = _make(name, CONTINUOUS)
     clone.load_state_dict(agent.state_dict())
     for key, value in agent.model.state_dict().items():
         assert torch.equal(value, clone.model.state_dict()[key]), key
     # optimizer state restored too: the next update is identical
     torch.manual_seed(5)
-    first = agent.update(_batch(entry, CONTINUOUS, 7))
+    first = agent.update(_batch(entry, CONTINUOUS, 7, agent))
     torch.manual_seed(5)
-    second = clone.update(_batch(entry, CONTINUOUS, 7))
+    second = clone.update(_batch(entry, CONTINUOUS, 7, clone))
     assert first == second
 
 
@@ -79,7 +86,7 @@ def test_policy_acts_for_one_or_several_envs(name, spec, num_envs):
 def test_policy_reset_clears_only_the_chosen_envs(name):
     torch.manual_seed(0)
     _, agent = _make(name, CONTINUOUS)
-    agent.update(_batch(REGISTRY[name], CONTINUOUS))  # non-trivial weights
+    agent.update(_batch(REGISTRY[name], CONTINUOUS, agent=agent))  # non-trivial weights
     obs, rewards = observation_stream(CONTINUOUS, 8, 3, seed=1)
     policy = agent.policy(num_envs=3)
     untouched = agent.policy(num_envs=3)

@@ -1,0 +1,223 @@
+"""The online loop: it calls only reset/act/update, bootstraps truncations from the final
+observation, logs and checkpoints like the offline loop, resumes, and the run assembly works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from seqrl.agents import REGISTRY, AgentEntry
+from seqrl.agents.recurrent_ppo import RecurrentPPO, RecurrentPPOConfig
+from seqrl.checkpoint import latest_checkpoint, load_checkpoint, load_config
+from seqrl.core import PolicyStep
+from seqrl.train.logging import read_metrics
+from seqrl.train.online import (
+    OnlineConfig,
+    TrainOnlineArgs,
+    resolve_online_config,
+    run_train_online,
+    train_online,
+)
+
+COUNTER_ID = "seqrl-test/Counter-v0"
+
+
+class CounterEnv(gym.Env):
+    """obs = [episode number, step in episode]; terminates when action 1 is taken at step >= 2.
+    With a TimeLimit of 5 it is truncated otherwise, so both kinds of ends occur."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(0, 1e6, (2,), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.episode, self.t = -1, 0
+
+    def reset(self, *, seed: int | None = None, options: Any = None):
+        super().reset(seed=seed)
+        self.episode, self.t = self.episode + 1, 0
+        return np.array([self.episode, 0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = np.array([self.episode, self.t], np.float32)
+        return obs, 1.0, bool(action == 1 and self.t >= 2), False, {}
+
+
+if COUNTER_ID not in gym.registry:
+    gym.register(COUNTER_ID, entry_point=CounterEnv, max_episode_steps=5)
+
+
+class SpyPolicy:
+    """Env 0 never ends its episodes (truncated at 5), the others terminate at step 3; the
+    memory is the step count since the last reset."""
+
+    def __init__(self, num_envs: int, calls: list[str]) -> None:
+        self.calls, self.count = calls, torch.zeros(num_envs)
+
+    def reset(self, done=None) -> None:
+        self.calls.append("policy.reset")
+        if done is None:
+            self.count[:] = 0
+        else:
+            self.count[torch.as_tensor(np.asarray(done))] = 0
+
+    def act(self, obs, reward=None) -> PolicyStep:
+        self.calls.append("policy.act")
+        count = self.count.clone()
+        self.count += 1
+        action = (count.long() % 3 == 2).long()  # action 1 at every third step
+        action[0] = 0
+        return PolicyStep(action, {"value": count, "memory/count": count})
+
+
+class SpyAgent:
+    """Records every attribute the loop touches; keeps the rollouts it is given."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.rollouts: list[Any] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        if not name.startswith("_") and name not in ("calls", "rollouts"):
+            object.__getattribute__(self, "calls").append(f"agent.{name}")
+        return object.__getattribute__(self, name)
+
+    def update(self, rollout: Any) -> dict[str, float]:
+        self.rollouts.append(rollout)
+        return {"train/loss": 0.0}
+
+    def policy(self, num_envs: int = 1, deterministic: bool = True) -> SpyPolicy:
+        return SpyPolicy(num_envs, self.calls)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": {"w": torch.zeros(1)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _config(**overrides: Any) -> OnlineConfig:
+    settings = {"env_steps": 3 * 12 * 2, "num_envs": 3, "rollout_steps": 12, "eval_every": 0}
+    settings.update(checkpoint_every=0, eval_episodes=2, eval_num_envs=2)
+    settings.update(overrides)
+    return OnlineConfig(**settings)
+
+
+def test_online_loop_calls_nothing_but_reset_act_and_update(tmp_path):
+    agent = SpyAgent()
+    train_online(agent, COUNTER_ID, tmp_path, _config(), chunk_len=4, progress=False)
+    touched = set(agent.calls)
+    # collection: reset/act; training: update; evaluation builds a policy; checkpoint: state
+    assert touched == {
+        "agent.policy",
+        "policy.reset",
+        "policy.act",
+        "agent.update",
+        "agent.state_dict",
+    }
+    assert agent.calls.count("agent.update") == 2
+    assert agent.calls.count("agent.policy") == 2  # the collector and the final evaluation
+
+
+def test_rollout_holds_policy_info_memory_at_chunk_starts_and_true_final_observations(tmp_path):
+    agent = SpyAgent()
+    train_online(agent, COUNTER_ID, tmp_path, _config(), chunk_len=4, progress=False)
+    first, second = agent.rollouts
+    for rollout in (first, second):
+        assert rollout.terminated.any() and rollout.truncated.any()
+        # value info == steps since reset == observation's step counter
+        torch.testing.assert_close(rollout.info["value"], rollout.observations[..., 1])
+        starts = rollout.chunk_first * rollout.num_envs + rollout.chunk_env
+        obs_at_start = rollout.observations.reshape(-1, 2)[starts]
+        torch.testing.assert_close(rollout.memory["count"], obs_at_start[:, 1])
+        last = rollout.chunk_first + rollout.chunk_length - 1
+        for c in range(rollout.num_chunks):
+            t, env = int(last[c]), int(rollout.chunk_env[c])
+            boot = rollout.bootstrap_observations[c]
+            if rollout.truncated[t, env]:
+                # the episode's own last observation (step 5), not the next episode's first
+                assert boot[1] == 5 and boot[0] == rollout.observations[t, env, 0]
+            elif rollout.terminated[t, env]:
+                assert not rollout.bootstrap_mask[c]
+    # the second rollout continues the first: episodes and memory carry over
+    assert not second.episode_start[0].all()
+    torch.testing.assert_close(second.memory["count"][: second.num_envs].float(),
+                               second.observations[0, :, 1])  # fmt: skip
+
+
+def test_loop_logs_episode_returns_steps_per_second_eval_and_checkpoints(tmp_path):
+    agent = SpyAgent()
+    config = _config(env_steps=3 * 12 * 4, checkpoint_every=72, keep_checkpoints=5)
+    train_online(agent, COUNTER_ID, tmp_path, config, chunk_len=4, progress=False)
+    records = read_metrics(tmp_path)
+    train = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train] == [36, 72, 108, 144]
+    assert all("perf/steps_per_s" in r for r in train[1:])
+    assert all(1 <= r["rollout/length_mean"] <= 5 for r in train)
+    assert any("eval/return_mean" in r for r in records)
+    steps = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert steps == ["step_00000072", "step_00000144"]
+
+
+def test_interrupt_checkpoints_and_resume_continues_to_the_step_budget(tmp_path):
+    class Interrupting(SpyAgent):
+        def update(self, rollout):
+            if len(self.rollouts) == 2:
+                raise KeyboardInterrupt
+            return super().update(rollout)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_online(Interrupting(), COUNTER_ID, tmp_path, _config(env_steps=36 * 4),
+                     chunk_len=4, progress=False)  # fmt: skip
+    assert latest_checkpoint(tmp_path).name == "step_00000072"
+    resumed = SpyAgent()
+    train_online(resumed, COUNTER_ID, tmp_path, _config(env_steps=36 * 4), chunk_len=4,
+                 resume=True, progress=False)  # fmt: skip
+    assert len(resumed.rollouts) == 2
+    assert [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r] == [36, 72, 108, 144]
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    """The recurrent-ppo registry entry (also added by seqrl.agents once merged)."""
+    entry = AgentEntry("recurrent-ppo", RecurrentPPOConfig, RecurrentPPO, "rollout", "PPO")
+    monkeypatch.setitem(REGISTRY, "recurrent-ppo", REGISTRY.get("recurrent-ppo", entry))
+
+
+def test_run_train_online_writes_a_complete_run_and_resumes(tmp_path, registered):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(
+        "env_id: seqrl/TMaze-v0\nenv_kwargs: {corridor_length: 3}\n"
+        "agent: {width: 8, chunk_len: 4, memory: 4}\n"
+        "train: {num_envs: 2, rollout_steps: 8, eval_episodes: 4, eval_num_envs: 2}\n"
+    )
+    args = TrainOnlineArgs(
+        config=str(preset), backbone="gtrxl", steps=32, run_dir=str(tmp_path / "run"), seed=3
+    )
+    run_dir = run_train_online("recurrent-ppo", args, progress=False)
+    config = load_config(run_dir)
+    assert config["agent"]["backbone"] == "gtrxl" and config["seed"] == 3
+    assert config["env_kwargs"] == {"corridor_length": 3}
+    assert config["spec"]["discrete"] and config["train"]["env_steps"] == 32
+    agent_state, loop_state = load_checkpoint(latest_checkpoint(run_dir))
+    assert loop_state["step"] == 32 and "obs_mean" in agent_state["model"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_train_online("recurrent-ppo", args, progress=False)
+    more = TrainOnlineArgs(resume=str(run_dir))
+    config_file = run_dir / "config.yaml"
+    config_file.write_text(config_file.read_text().replace("env_steps: 32", "env_steps: 48"))
+    run_train_online("recurrent-ppo", more, progress=False)
+    assert latest_checkpoint(run_dir).name == "step_00000048"
+
+
+def test_resolve_online_config_rejects_typos_and_missing_env(registered):
+    with pytest.raises(ValueError, match=r"did you mean agent\.chunk_len"):
+        resolve_online_config("recurrent-ppo", "seqrl/TMaze-v0", None, ["agent.chunk_length=8"])
+    with pytest.raises(ValueError, match="--env"):
+        resolve_online_config("recurrent-ppo", None, None, [])
+    with pytest.raises(ValueError, match="backbone"):
+        resolve_online_config("recurrent-ppo", "seqrl/TMaze-v0", None, ["agent.backbone=gpt2"])
