@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from seqrl.train.online import TrainOnlineArgs, run_train_online
 
             args_cls = TrainOnlineArgs
-            run = lambda parsed: print(f"run: {run_train_online(algo, parsed)}")  # noqa: E731
+            run = lambda parsed: run_train_online(algo, parsed)  # noqa: E731
         else:
             run = lambda parsed: _run_train(algo, parsed)  # noqa: E731
         args = tyro.cli(args_cls, args=rest, prog=prog, description=REGISTRY[algo].summary)

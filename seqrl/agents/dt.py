@@ -22,6 +22,7 @@ What differs from the reference code:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,7 +312,9 @@ class DecisionTransformer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
+            # deep copy: Optimizer.load_state_dict keeps the given tensors, which would share
+            # Adam's moments with the agent the state came from
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
             self.scheduler.load_state_dict(state["scheduler"])
             self.updates = int(state["updates"])
 

@@ -328,9 +328,8 @@ class RecurrentPPO:
             self.config.gamma,
             self.config.gae_lambda,
         )
-        return torch.from_numpy(advantages).to(self.device), torch.from_numpy(returns).to(
-            self.device
-        )
+        as_tensor = lambda array: torch.from_numpy(array).to(self.device)  # noqa: E731
+        return as_tensor(advantages), as_tensor(returns)
 
     def update(self, rollout: Rollout) -> dict[str, float]:
         config = self.config

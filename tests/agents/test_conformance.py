@@ -56,6 +56,24 @@ def test_state_dict_round_trips_exactly(name):
     clone.load_state_dict(agent.state_dict())
     for key, value in agent.model.state_dict().items():
         assert torch.equal(value, clone.model.state_dict()[key]), key
+    # optimizer state restored, not shared: an update of the original leaves the clone's alone
+    clone_optimizer = [
+        v.clone()
+        for group in clone.state_dict()["optimizer"]["state"].values()
+        for v in group.values()
+        if isinstance(v, torch.Tensor)
+    ]
+    snapshot = agent.state_dict()
+    fresh = _make(name, CONTINUOUS)[1]
+    fresh.load_state_dict(snapshot)
+    fresh.update(_batch(entry, CONTINUOUS, 3, fresh))
+    after = [
+        v
+        for group in clone.state_dict()["optimizer"]["state"].values()
+        for v in group.values()
+        if isinstance(v, torch.Tensor)
+    ]
+    assert clone_optimizer and all(torch.equal(x, y) for x, y in zip(clone_optimizer, after))
     # optimizer state restored too: the next update is identical
     torch.manual_seed(5)
     first = agent.update(_batch(entry, CONTINUOUS, 7, agent))
