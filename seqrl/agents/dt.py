@@ -60,6 +60,11 @@ class DTConfig:
     rollouts are exact."""
     max_timestep: int = 1000
     """Size of the timestep embedding; later timesteps use the last entry."""
+    timestep_init_std: float | None = 0.02
+    """Std of the timestep embedding's initial weights; None keeps PyTorch's N(0, 1) (what the
+    reference code does). 0.02 (as d3rlpy) learned faster on the shared Hopper medium data:
+    29.5 ± 1.0 vs 28.4 ± 0.3 normalized after 1000 updates, 3 seeds
+    (experiments/results/dt/timestep_init.md)."""
     lr: float = 1e-4
     """AdamW learning rate."""
     weight_decay: float = 1e-4
@@ -150,6 +155,8 @@ class DecisionTransformerModel(nn.Module):
             activation=config.activation,
         )
         self.action_head = nn.Linear(width, spec.action_dim)
+        if config.timestep_init_std is not None:  # last, so other inits draw the same numbers
+            nn.init.normal_(self.embed_timestep.weight, std=config.timestep_init_std)
 
     # ---- embedding -------------------------------------------------------------------------
     def normalize_actions(self, actions: Tensor) -> Tensor:

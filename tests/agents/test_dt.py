@@ -160,3 +160,12 @@ def test_bf16_autocast_update_tracks_fp32_and_rollouts_stay_fp32_shaped():
     assert losses["bf16"] != losses["fp32"], "autocast must actually change the arithmetic"
     with pytest.raises(ValueError, match="precision must be"):
         DTConfig(precision="fp16")
+
+
+def test_timestep_embedding_init_std_is_configurable():
+    small = DecisionTransformer(DTConfig(width=32, layers=1), CONTINUOUS).model.embed_timestep
+    default = DecisionTransformer(
+        DTConfig(width=32, layers=1, timestep_init_std=None), CONTINUOUS
+    ).model.embed_timestep
+    assert abs(small.weight.std().item() - 0.02) < 0.002
+    assert abs(default.weight.std().item() - 1.0) < 0.05
