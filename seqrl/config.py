@@ -108,3 +108,39 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
                 raise ValueError(f"--set {item!r}: {part} is not a section")
         node[parts[-1]] = value
     return result
+
+
+def resolve_run_config(
+    base: dict[str, Any],
+    config_file: str | Path | None,
+    overrides: list[str] | None,
+    agent_cls: type,
+    train_cls: type,
+    given: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A run config from layers: `base` defaults, a preset file, values `given` on the command
+    line (None = not given), then `--set` overrides; `agent` and `train` validated and completed.
+
+    A preset may set any key of `base` but `algo`; mapping sections are merged, not replaced.
+    """
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    if config_file is not None:
+        preset = load_yaml(config_file)
+        allowed = [key for key in base if key != "algo"]
+        unknown = set(preset) - set(allowed)
+        if unknown:
+            raise ValueError(
+                f"{config_file}: unknown sections {sorted(unknown)}; a preset may set "
+                f"{', '.join(allowed)}"
+            )
+        for key, value in preset.items():
+            if isinstance(config[key], dict):
+                config[key].update(value or {})
+            else:
+                config[key] = value
+    config.update({k: v for k, v in (given or {}).items() if v is not None})
+    config = apply_overrides(config, overrides or [])
+    config["agent"] = to_dict(from_dict(agent_cls, config["agent"], "agent"))
+    config["train"] = to_dict(from_dict(train_cls, config["train"], "train"))
+    config["seed"] = int(config["seed"])
+    return config

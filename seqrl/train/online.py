@@ -40,7 +40,7 @@ from seqrl.checkpoint import (
     save_config,
     set_rng_state,
 )
-from seqrl.config import apply_overrides, from_dict, load_yaml, to_dict
+from seqrl.config import from_dict, resolve_run_config
 from seqrl.core import Agent, EnvSpec
 from seqrl.envs import (
     EvalResult,
@@ -259,30 +259,12 @@ def resolve_online_config(
     from seqrl.agents import get_agent_entry
 
     entry = get_agent_entry(algo)
-    config: dict[str, Any] = {
-        "algo": algo, "env_id": env_id, "env_kwargs": {}, "seed": 0, "agent": {}, "train": {}
-    }  # fmt: skip
-    if config_file is not None:
-        preset = load_yaml(config_file)
-        unknown = set(preset) - {"env_id", "env_kwargs", "seed", "agent", "train"}
-        if unknown:
-            raise ValueError(
-                f"{config_file}: unknown sections {sorted(unknown)}; a preset may set env_id, "
-                "env_kwargs, seed, agent and train"
-            )
-        for key in ("agent", "train", "env_kwargs"):
-            config[key].update(preset.get(key) or {})
-        config.update(
-            {k: v for k, v in preset.items() if k not in ("agent", "train", "env_kwargs")}
-        )
-    if env_id is not None:
-        config["env_id"] = env_id
-    config = apply_overrides(config, overrides or [])
+    base = {"algo": algo, "env_id": None, "env_kwargs": {}, "seed": 0, "agent": {}, "train": {}}
+    config = resolve_run_config(
+        base, config_file, overrides, entry.config_cls, OnlineConfig, {"env_id": env_id}
+    )
     if not config.get("env_id"):
         raise ValueError("no environment: pass --env ENV_ID (e.g. --env seqrl/TMaze-v0)")
-    config["agent"] = to_dict(from_dict(entry.config_cls, config["agent"], "agent"))
-    config["train"] = to_dict(from_dict(OnlineConfig, config["train"], "train"))
-    config["seed"] = int(config["seed"])
     return config
 
 

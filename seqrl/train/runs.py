@@ -28,7 +28,7 @@ import numpy as np
 from seqrl.agents import get_agent_entry
 from seqrl.buffers import EpisodeStore, WindowSampler, load_dataset
 from seqrl.checkpoint import run_config, save_config
-from seqrl.config import apply_overrides, from_dict, load_yaml, to_dict
+from seqrl.config import from_dict, resolve_run_config
 from seqrl.core import EnvSpec
 from seqrl.envs import ReferenceScores, d4rl_reference_scores, make_env, seed_everything
 from seqrl.train.offline import EvalTarget, OfflineConfig, train_offline
@@ -70,28 +70,14 @@ def resolve_config(
 ) -> dict[str, Any]:
     """Preset file + `--set` overrides -> a config dict with `agent` and `train` validated."""
     entry = get_agent_entry(algo)
-    config: dict[str, Any] = {"algo": algo, "dataset": dataset, "seed": 0, "agent": {}, "train": {}}
-    if config_file is not None:
-        preset = load_yaml(config_file)
-        unknown = set(preset) - {"dataset", "env_id", "seed", "agent", "train"}
-        if unknown:
-            raise ValueError(
-                f"{config_file}: unknown sections {sorted(unknown)}; a preset may set dataset, "
-                "env_id, seed, agent and train"
-            )
-        config.update({k: v for k, v in preset.items() if k not in ("agent", "train")})
-        config["agent"].update(preset.get("agent") or {})
-        config["train"].update(preset.get("train") or {})
-    if dataset is not None:
-        config["dataset"] = dataset
-    config = apply_overrides(config, overrides or [])
+    base = {"algo": algo, "dataset": None, "env_id": None, "seed": 0, "agent": {}, "train": {}}
+    config = resolve_run_config(
+        base, config_file, overrides, entry.config_cls, OfflineConfig, {"dataset": dataset}
+    )
     if not config.get("dataset"):
         raise ValueError(
             "no dataset: pass --dataset ID_OR_PATH (a Minari id, folder or .hdf5 file)"
         )
-    config["agent"] = to_dict(from_dict(entry.config_cls, config["agent"], "agent"))
-    config["train"] = to_dict(from_dict(OfflineConfig, config["train"], "train"))
-    config["seed"] = int(config["seed"])
     return config
 
 
