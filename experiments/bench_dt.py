@@ -151,10 +151,9 @@ def reference_scores():
 
 def stage_throughput(args: argparse.Namespace, budget: Budget, d3_python: Path) -> dict[str, Any]:
     from seqrl.agents import get_agent_entry
-    from seqrl.agents.dt import DecisionTransformer
     from seqrl.config import from_dict
     from seqrl.envs import seed_everything
-    from seqrl.train.runs import make_sampler, spec_for
+    from seqrl.train.runs import spec_for
 
     config = seqrl_config("seqrl", budget, seed=0)
     store, _, _ = reference_scores()
@@ -165,10 +164,8 @@ def stage_throughput(args: argparse.Namespace, budget: Budget, d3_python: Path) 
     for name, precision in (("seqrl", "fp32"), ("seqrl-bf16", "bf16")):
         seed_everything(0)
         agent_config = from_dict(entry.config_cls, {**config["agent"], "precision": precision})
-        agents[name] = DecisionTransformer(
-            agent_config, spec, store.observation_mean, store.observation_std
-        )
-        samplers[name] = make_sampler(entry.batch, agent_config, store, seed=0)
+        agents[name] = entry.agent_cls(agent_config, spec, store.stats())
+        samplers[name] = entry.make_sampler(agent_config, store, 0)
 
     def seqrl_steps(name: str, steps: int) -> float:
         agent, sampler = agents[name], samplers[name]
@@ -261,9 +258,9 @@ def score_run(args: argparse.Namespace, budget: Budget, variant: str, seed: int)
         curve = d3rlpy_score_run(args, budget, config, seed, folder)
     else:
         from seqrl.train.logging import read_metrics
-        from seqrl.train.runs import train_offline_run
+        from seqrl.train.runs import train_run
 
-        train_offline_run(folder / "run", config, progress=False)
+        train_run(folder / "run", config, progress=False)
         curve = [
             {
                 "step": int(r["step"]),
@@ -408,9 +405,7 @@ def stage_speed(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
         def run(seed: int, count: int):
             from seqrl.envs import evaluate
 
-            policy = which.policy(
-                num_envs=min(num_envs, count), target_return=target, inference=inference
-            )
+            policy = which.policy(min(num_envs, count), target_return=target, inference=inference)
             result = evaluate(policy, ENV_ID, count, num_envs, seed)
             return result.returns, result.lengths
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from seqrl.agents.recurrent_ppo import RecurrentPPO, RecurrentPPOConfig
-from seqrl.core import EnvSpec, PolicyStep
+from seqrl.core import EnvSpec, PolicyStep, RolloutSettings
 from seqrl.envs import evaluate, make_env, seed_everything
 from seqrl.train.logging import read_metrics
 from seqrl.train.online import OnlineConfig, train_online
@@ -53,11 +53,12 @@ def run_seqrl(env_id: str, steps: int, seed: int, run_dir: Path) -> tuple[float,
     )  # fmt: skip
     agent = RecurrentPPO(config, spec)
     loop = OnlineConfig(
-        env_steps=steps, num_envs=NUM_ENVS, rollout_steps=ROLLOUT, eval_every=0,
+        steps=steps, num_envs=NUM_ENVS, rollout_steps=ROLLOUT, eval_every=0,
         eval_episodes=1, eval_num_envs=1, checkpoint_every=0,
     )  # fmt: skip
     began = time.perf_counter()
-    train_online(agent, env_id, run_dir, loop, chunk_len=ROLLOUT, seed=seed, progress=False)
+    rollout = RolloutSettings(chunk_len=ROLLOUT)
+    train_online(agent, env_id, run_dir, loop, rollout, seed=seed, progress=False)
     seconds = time.perf_counter() - began
     curve = [
         (r["step"], r["rollout/return_mean"])

@@ -11,16 +11,18 @@ import difflib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import tyro
+
+from seqrl.config import apply_overrides
 
 
 @dataclass
 class EvalArgs:
     """Evaluate a trained run (or a random policy) and print return and normalized score."""
 
-    policy: Annotated[str, tyro.conf.Positional]
+    run: Annotated[str, tyro.conf.Positional]
     """A seqrl run directory (or one of its checkpoint folders), or `random`."""
     env: str | None = None
     """Gymnasium env id (default: the run's evaluation env)."""
@@ -30,10 +32,14 @@ class EvalArgs:
     """Parallel envs."""
     seed: int = 0
     """Seed of the first episode."""
-    target_return: float | None = None
-    """Return to condition on, in env units (return-conditioned agents such as DT)."""
-    inference: str | None = None
-    """DT rollout mode: `window` (reference) or `cache` (incremental)."""
+    policy: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """A policy option, repeatable, overriding the run's `policy:` settings (config.yaml), e.g.
+    --policy target_return=3600 --policy inference=cache. Unknown names list the valid ones."""
+
+
+def parse_policy_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """`--policy k=v` items as a dict (values parsed as YAML)."""
+    return apply_overrides({}, list(items), flag="--policy", example="target_return=3600")
 
 
 def _run_eval(args: EvalArgs) -> None:
@@ -41,73 +47,90 @@ def _run_eval(args: EvalArgs) -> None:
 
     num_envs = min(args.num_envs, args.episodes)
     reference = None
-    if args.policy == "random":
+    if args.run == "random":
         if args.env is None:
             raise ValueError("`seqrl eval random` needs --env ENV_ID, e.g. --env Hopper-v5")
+        if args.policy:
+            raise ValueError("--policy options apply to trained runs, not to `random`")
         env_id = args.env
         probe = make_env(env_id)
         policy = RandomPolicy(probe.action_space, num_envs, seed=args.seed)
         probe.close()
+        env_kwargs: dict[str, Any] = {}
     else:
         from seqrl.export import load_agent
 
-        agent, config = load_agent(args.policy)
+        agent, config = load_agent(args.run)
         env_id = args.env or config.get("env_id")
         if env_id is None:
-            raise ValueError(f"{args.policy} records no evaluation env; pass --env ENV_ID")
+            raise ValueError(f"{args.run} records no evaluation env; pass --env ENV_ID")
         if config.get("reference") and env_id == config.get("env_id"):
             reference = ReferenceScores(**config["reference"])
-        kwargs = {"target_return": args.target_return, "inference": args.inference}
-        policy = agent.policy(
-            num_envs=num_envs, **{k: v for k, v in kwargs.items() if v is not None}
-        )
-    result = evaluate(policy, env_id, args.episodes, num_envs, args.seed, reference, progress=True)
-    print(f"{args.policy} on {env_id}, seeds {args.seed}..{args.seed + args.episodes - 1}")
+        env_kwargs = dict(config.get("env_kwargs") or {}) if env_id == config.get("env_id") else {}
+        options = {**(config.get("policy") or {}), **parse_policy_options(args.policy)}
+        policy = agent.policy(num_envs, **options)
+    result = evaluate(
+        policy,
+        env_id,
+        args.episodes,
+        num_envs,
+        args.seed,
+        reference,
+        progress=True,
+        env_kwargs=env_kwargs,
+    )
+    print(f"{args.run} on {env_id}, seeds {args.seed}..{args.seed + args.episodes - 1}")
     print(result.table())
 
 
 @dataclass
-class TrainOfflineArgs:
-    """Train an offline agent on a trajectory dataset."""
+class TrainArgs:
+    """Train an agent: offline agents on a dataset (--dataset), online agents in an env (--env)."""
 
     dataset: str | None = None
-    """Minari id (local root, MINARI_DATASETS_PATH), Minari folder, or D4RL-layout .hdf5 file."""
+    """Offline agents: Minari id (local root, MINARI_DATASETS_PATH), Minari folder, or
+    D4RL-layout .hdf5 file."""
+    env: str | None = None
+    """Online agents: the Gymnasium env to train in (e.g. seqrl/TMaze-v0). Offline agents: the
+    evaluation env (default: the dataset's)."""
     config: str | None = None
-    """Preset YAML (e.g. experiments/dt/hopper-medium.yaml) with agent/train sections."""
+    """Preset YAML (see experiments/) with agent/policy/train sections."""
     set: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """Override one setting, repeatable: --set agent.lr=3e-4 --set train.steps=20000."""
+    policy: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """Policy option for the evaluations during training, repeatable (same as
+    --set policy.NAME=VALUE): --policy target_return=1800."""
+    backbone: str | None = None
+    """Sequence backbone (same as --set agent.backbone=NAME): gpt, gtrxl, lstm, gru, xlstm, mlp."""
     run_dir: str | None = None
-    """Where the run is written (default runs/ALGO-DATASET-sSEED-TIME)."""
+    """Where the run is written (default runs/ALGO-DATASET_OR_ENV-sSEED-TIME)."""
     resume: str | None = None
     """Continue the run in this directory from its latest checkpoint."""
     seed: int | None = None
-    """Seed of the run (sampling, initialization, dropout)."""
+    """Seed of the run (sampling, initialization, dropout, envs)."""
     steps: int | None = None
-    """Gradient updates in total (shortcut for --set train.steps=N)."""
+    """Step budget (same as --set train.steps=N): updates offline, env steps online."""
 
 
-def _run_train(algo: str, args: TrainOfflineArgs) -> None:
-    import time
-
-    from seqrl.train.runs import resolve_config, train_offline_run
+def _run_train(algo: str, args: TrainArgs) -> None:
+    from seqrl.train.runs import default_run_dir, resolve_config, train_run
 
     if args.resume is not None:
-        train_offline_run(args.resume, resume=True)
+        train_run(args.resume, resume=True)
         print(f"run: {args.resume}")
         return
     overrides = list(args.set)
+    overrides += [f"policy.{item}" for item in args.policy]
+    if args.backbone is not None:
+        overrides.append(f"agent.backbone={args.backbone}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
-    config = resolve_config(algo, args.dataset, args.config, overrides)
-    run_dir = args.run_dir
-    if run_dir is None:
-        name = str(config["dataset"]).rstrip("/").replace("/", "-").removesuffix(".hdf5")
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = f"runs/{algo}-{name}-s{config['seed']}-{stamp}"
+    config = resolve_config(algo, args.dataset, args.config, overrides, env_id=args.env)
+    run_dir = args.run_dir or default_run_dir(config)
     print(f"run: {run_dir}  (TensorBoard: tensorboard --logdir {run_dir}/tb)")
-    train_offline_run(run_dir, config)
+    train_run(run_dir, config)
     print(f"done. Evaluate with: seqrl eval {run_dir} --episodes 100 --num-envs 20")
 
 
@@ -218,8 +241,8 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
-        "train an agent: seqrl train ALGO [options] (ALGO: dt, recurrent-ppo)",
-        TrainOfflineArgs,
+        "train an agent: seqrl train ALGO [options] (seqrl train --help lists ALGO)",
+        TrainArgs,
         None,
     ),  # type: ignore[arg-type]
     "eval": Command("evaluate a run or a random policy (batched, seeded)", EvalArgs, _run_eval),  # type: ignore[arg-type]
@@ -237,6 +260,18 @@ def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: seqrl COMMAND [options]   (seqrl COMMAND --help for a command's options)", ""]
     lines += ["commands:"] + [f"  {n.ljust(width)}  {c.summary}" for n, c in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _train_usage(registry: dict[str, Any]) -> str:
+    from seqrl.core import Loop
+
+    width = max(len(name) for name in registry)
+    lines = ["usage: seqrl train ALGO [options]   (seqrl train ALGO --help for its options)", ""]
+    lines.append("algorithms:")
+    for name, entry in sorted(registry.items()):
+        needs = "--dataset" if entry.loop is Loop.OFFLINE else "--env"
+        lines.append(f"  {name.ljust(width)}  {entry.summary} ({needs})")
     return "\n".join(lines)
 
 
@@ -263,24 +298,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from seqrl.agents import REGISTRY
 
         if not rest or rest[0].startswith("-"):
-            algos = ", ".join(sorted(REGISTRY))
             if rest and rest[0] in ("-h", "--help"):
-                print(f"usage: seqrl train ALGO [options]   ALGO: {algos}; seqrl train ALGO --help")
+                print(_train_usage(REGISTRY))
                 return 0
+            algos = ", ".join(sorted(REGISTRY))
             return _fail(prog, f"name the algorithm: seqrl train ALGO ... (ALGO: {algos})")
         algo, rest = rest[0], rest[1:]
         if algo not in REGISTRY:
             return _fail(prog, f"unknown algorithm {algo!r}; known: {', '.join(sorted(REGISTRY))}")
         prog = f"seqrl train {algo}"
-        args_cls: type = command.args
-        if REGISTRY[algo].batch == "rollout":
-            from seqrl.train.online import TrainOnlineArgs, run_train_online
-
-            args_cls = TrainOnlineArgs
-            run = lambda parsed: run_train_online(algo, parsed)  # noqa: E731
-        else:
-            run = lambda parsed: _run_train(algo, parsed)  # noqa: E731
-        args = tyro.cli(args_cls, args=rest, prog=prog, description=REGISTRY[algo].summary)
+        run = lambda parsed: _run_train(algo, parsed)  # noqa: E731
+        description = f"{REGISTRY[algo].summary} ({REGISTRY[algo].loop.value} loop)"
+        args = tyro.cli(command.args, args=rest, prog=prog, description=description)
     else:
         args = tyro.cli(command.args, args=rest, prog=prog, description=command.summary)
     try:

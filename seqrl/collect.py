@@ -7,8 +7,9 @@
 `vecnormalize.pkl` beside it is applied to observations, as SB3 does at training time), or a
 seqrl run directory (`seqrl.export.load_policy`). `--train-sb3 ppo|sac --steps N` first trains an
 SB3 agent with default hyperparameters and keeps its checkpoint, then records with it. `--out` is
-a Minari id (written under `$MINARI_DATASETS_PATH` or `~/.minari/datasets`) or a path ending in
-`.hdf5` / `.h5` (D4RL layout).
+a Minari id (written under `$MINARI_DATASETS_PATH` or `~/.minari/datasets`), a Minari folder
+(`./data/name-v0`), or a path ending in `.hdf5` / `.h5` (D4RL layout): the forms of
+`seqrl.buffers.save_dataset`.
 
 Which episodes are kept, and why it is unbiased. With several envs stepping in lockstep, the
 episodes that *finish* first are the short ones; stopping when N have finished would over-sample
@@ -33,8 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from seqrl.buffers import HDF5_SUFFIXES, EpisodeStore, StoreMetadata
-from seqrl.buffers.minari_io import minari_root, resolve_output_id
+from seqrl.buffers import HDF5_SUFFIXES, EpisodeStore, StoreMetadata, save_dataset
+from seqrl.buffers.datasets import check_save_target
 from seqrl.core import Policy
 
 SB3_ALGOS = ("ppo", "sac")
@@ -320,8 +321,8 @@ def collect(
 ) -> CollectResult:
     """`seqrl collect`: record `episodes` episodes of `policy` in `env_id` and write `out`.
 
-    `out` is a Minari id (local Minari root) or a `.hdf5` / `.h5` path (D4RL layout); it is
-    checked before anything runs. With `train_sb3_algo` ("ppo" or "sac") an SB3 agent is trained
+    `out` is a Minari id (local Minari root), a Minari folder or a `.hdf5` / `.h5` path (D4RL
+    layout), as `save_dataset` takes it; it is checked before anything runs. With `train_sb3_algo` ("ppo" or "sac") an SB3 agent is trained
     for `train_steps` steps first, saved under `sb3_dir`, and used as the policy (`policy` must
     then be None; `sb3_kwargs` go to the SB3 constructor). `deterministic` applies to SB3
     policies. Reference scores default to `seqrl.envs.scores.d4rl_reference_scores(env_id)` when
@@ -335,12 +336,7 @@ def collect(
     num_envs = min(num_envs, episodes)
     out_text = str(out)
     to_hdf5 = Path(out_text).suffix.lower() in HDF5_SUFFIXES
-    if to_hdf5:
-        out_path = Path(out_text).expanduser()
-        if out_path.exists() and not overwrite:
-            raise FileExistsError(f"{out_path} already exists. Fix: pass --overwrite or a new path")
-    else:
-        out_path = minari_root() / resolve_output_id(out_text, overwrite)
+    out_path = check_save_target(out_text, overwrite)
     if (policy is None) == (train_sb3_algo is None):
         raise ValueError(
             "pass exactly one of --policy (random, an SB3 .zip, a run directory) and "
@@ -373,8 +369,5 @@ def collect(
         extra={"algorithm_name": f"seqrl collect: {policy}", "description": description},
     )
     store = EpisodeStore.from_episodes(episode_dicts, metadata)
-    if to_hdf5:
-        path = store.to_d4rl_hdf5(out_path, overwrite=overwrite)
-    else:
-        path = store.to_minari(out_text, overwrite=overwrite)
+    path = save_dataset(store, out_text, overwrite=overwrite)
     return CollectResult(store=store, path=path, policy=policy, sb3_checkpoint=checkpoint)

@@ -73,9 +73,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, section: str = "") -> T
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            raise ValueError(
-                f"unknown setting {prefix}{key}{hint}; valid: {', '.join(prefix + n for n in names)}"
-            )
+            valid = ", ".join(prefix + n for n in names) or "none"
+            raise ValueError(f"unknown setting {prefix}{key}{hint}; valid: {valid}")
     kwargs = {k: _convert(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     return cls(**kwargs)
 
@@ -92,12 +91,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `section.key=value` overrides (values parsed as YAML) to a nested config dict."""
+def apply_overrides(
+    config: dict[str, Any],
+    overrides: list[str] | tuple[str, ...],
+    flag: str = "--set",
+    example: str = "agent.lr=3e-4",
+) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a nested config dict.
+
+    `flag` and `example` only shape the error message (`--policy target_return=3600` uses this
+    with an empty `config` too)."""
     result = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set agent.lr=3e-4")
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw else None
         parts = key.strip().split(".")
@@ -105,7 +112,7 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {item!r}: {part} is not a section")
+                raise ValueError(f"{flag} {item!r}: {part} is not a section")
         node[parts[-1]] = value
     return result
 

@@ -3,8 +3,10 @@
 - `Policy`: the inference object. `reset(done)` then `act(obs, reward)` once per environment step,
   batched over B environments. A policy owns its context (return-to-go, KV cache, recurrent state).
   `evaluate()`, data collection and the online collector call nothing else.
-- `Agent`: the training object. `update(batch) -> metrics`, `policy(**kw) -> Policy`,
-  `state_dict()` / `load_state_dict()`. The loops in `seqrl.train` never branch on the algorithm.
+- `Agent`: the training object. `update(batch) -> metrics`,
+  `policy(num_envs, *, explore=False, **options) -> Policy`, `state_dict()` / `load_state_dict()`.
+  The loops in `seqrl.train` never branch on the algorithm: an agent's registry entry
+  (`seqrl.agents.AgentEntry`) says which `Loop` trains it and what feeds it.
 - `PolicyStep`: what `act` returns: the action and whatever the online buffer must store.
 - `WindowBatch` / `TransitionBatch`: what the samplers in `seqrl.buffers` hand to `update`.
 
@@ -13,8 +15,9 @@ Shapes use B batch (or envs), K/T time, A action dims.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import numpy as np
 import torch
@@ -58,8 +61,14 @@ class Agent(Protocol):
         """One gradient update; returns metrics with namespaced keys (`train/loss`, ...)."""
         ...
 
-    def policy(self, **kwargs: Any) -> Policy:
-        """A fresh inference policy that shares this agent's current weights."""
+    def policy(self, num_envs: int = 1, *, explore: bool = False, **options: Any) -> Policy:
+        """A fresh policy over `num_envs` envs that shares this agent's current weights.
+
+        `explore=True` asks for the behaviour policy the online loop collects with (sampled
+        actions, with what `update` needs in `PolicyStep.info`); agents without exploration
+        ignore it. `options` are the algorithm's policy options (for DT `target_return`,
+        `inference`); an unknown option is a `ValueError` that lists the valid ones.
+        """
         ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -176,3 +185,67 @@ class TransitionBatch(_TensorBatch):
     """(B,), gamma ** (number of steps actually taken), the bootstrap factor."""
     returns_to_go: Tensor
     """(B,), the Monte-Carlo discounted return from this step to the episode's end."""
+
+
+class Loop(enum.Enum):
+    """Which shared loop trains an agent (`seqrl.agents.AgentEntry.loop`)."""
+
+    OFFLINE = "offline"
+    """`seqrl.train.offline`: batches from a sampler over a trajectory dataset."""
+    ONLINE = "online"
+    """`seqrl.train.online`: rollouts collected with `policy.act` in vector envs."""
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """What an online agent asks of the rollout buffer."""
+
+    chunk_len: int | None = None
+    """Truncated-backpropagation length: rollouts are cut into chunks of at most this many
+    steps (and at episode ends); None = whole rollouts."""
+
+
+class DataStats(TypedDict, total=False):
+    """Statistics of an offline dataset (`EpisodeStore.stats()`), handed to the agent's
+    constructor. Agents keep what they use as model buffers, so a loaded agent needs no data."""
+
+    observation_mean: np.ndarray
+    observation_std: np.ndarray
+    observation_min: np.ndarray
+    observation_max: np.ndarray
+    action_min: np.ndarray | None
+    action_max: np.ndarray | None
+    reward_min: float
+    reward_max: float
+    return_min: float
+    return_max: float
+
+
+MEMORY_PREFIX = "memory/"
+"""`PolicyStep.info` keys with this prefix hold a policy's memory (backbone state) before the
+step; the rollout buffer stores them at chunk starts only, to replay chunks from them."""
+
+
+def env_rows(
+    done: np.ndarray | Tensor | None, num_envs: int, device: torch.device | str = "cpu"
+) -> Tensor:
+    """`Policy.reset`'s argument as a (N,) bool tensor: None = every env."""
+    if done is None:
+        return torch.ones(num_envs, dtype=torch.bool, device=device)
+    rows = torch.as_tensor(np.asarray(done), dtype=torch.bool, device=device).reshape(-1)
+    if rows.shape[0] != num_envs:
+        raise ValueError(
+            f"reset(done) got {rows.shape[0]} flags for a policy over {num_envs} envs; pass one "
+            "bool per env, or None to reset all"
+        )
+    return rows
+
+
+def check_num_envs(policy_name: str, num_envs: int, obs: np.ndarray | Tensor) -> None:
+    """A clear error when `act` gets observations for a different number of envs."""
+    got = int(obs.shape[0]) if getattr(obs, "ndim", 0) > 0 else 0
+    if got != num_envs:
+        raise ValueError(
+            f"{policy_name} was built for {num_envs} envs but got observations for {got}; "
+            f"create it with agent.policy(num_envs={got})"
+        )

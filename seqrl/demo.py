@@ -22,7 +22,7 @@ import torch
 
 from seqrl.buffers import load_dataset
 from seqrl.train.plot import plot_run
-from seqrl.train.runs import reference_for, resolve_config, train_offline_run
+from seqrl.train.runs import reference_for, resolve_config, train_run
 
 DEMO_DATASET = Path(__file__).parent / "data" / "hopper-medium-demo.hdf5"
 DEMO_SETTINGS = [
@@ -32,7 +32,7 @@ DEMO_SETTINGS = [
     "agent.heads=2",
     "agent.lr=3e-4",
     "agent.warmup_steps=300",
-    "agent.target_return=1800",
+    "policy.target_return=1800",
     "train.steps=2000",
     "train.log_every=50",
     "train.eval_every=500",
@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"run directory: {run_dir}   (tensorboard --logdir {run_dir}/tb)")
     start = time.perf_counter()
-    metrics = train_offline_run(run_dir, config, store=store)
+    metrics = train_run(run_dir, config, store=store)
     minutes = (time.perf_counter() - start) / 60
     print(
         f"\nafter {config['train']['steps']} updates ({minutes:.1f} min), "
-        f"{config['train']['eval_episodes']} episodes, target return {agent['target_return']:g}:"
+        f"{config['train']['eval_episodes']} episodes, target return {config['policy']['target_return']:g}:"
     )
     print(
         f"  return            {metrics['eval/return_mean']:.1f} ± {metrics['eval/return_std']:.1f}"

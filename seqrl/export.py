@@ -1,13 +1,14 @@
 """Load trained policies from run directories, for evaluation and for robotics code.
 
 ```python
-policy = seqrl.export.load_policy("runs/dt-hopper")   # single env, NumPy in and out
+policy = seqrl.export.load_policy("runs/hopper")   # single env, NumPy in and out
 policy.reset()
 action = policy.act(obs)                               # obs (*obs_shape,) -> action (*act_shape,)
 ```
 
-Needs only `checkpoint.py`, the registry and the agents' model code: no training loop, no
-Gymnasium, no dataset.
+Needs only `checkpoint.py`, the registry and the agents' model code: importing this module or
+loading a policy imports none of Gymnasium, h5py, numba, Minari, TensorBoard, tyro or matplotlib
+(`tests/test_export.py` runs it where those imports fail).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def load_agent(path: str | Path, device: str = "cpu") -> tuple[Any, dict[str, An
     config = load_config(run_dir)
     entry = get_agent_entry(config["algo"])
     agent_config = from_dict(entry.config_cls, {**config["agent"], "device": device}, "agent")
-    agent = entry.agent_cls(agent_config, EnvSpec.from_dict(config["spec"]))
+    agent = entry.agent_cls(agent_config, EnvSpec.from_dict(config["spec"]), None)
     agent.load_state_dict({"model": load_model_weights(folder, device)})
     return agent, config
 
@@ -64,12 +65,13 @@ class NumpyPolicy:
 
 
 def load_policy(
-    path: str | Path, num_envs: int | None = None, device: str = "cpu", **policy_kwargs: Any
+    path: str | Path, num_envs: int | None = None, device: str = "cpu", **options: Any
 ) -> Any:
     """A policy of a trained run. With `num_envs=None`: a single-env `NumpyPolicy`; otherwise
-    the batched `Policy` for `num_envs` envs. `policy_kwargs` go to `agent.policy` (for DT:
-    `target_return`, `inference`)."""
-    agent, _ = load_agent(path, device)
+    the batched `Policy` for `num_envs` envs. `options` override the run's policy options
+    (`config.yaml`'s `policy:` section)."""
+    agent, config = load_agent(path, device)
+    options = {**(config.get("policy") or {}), **options}
     with torch.no_grad():
-        policy = agent.policy(num_envs=num_envs or 1, **policy_kwargs)
+        policy = agent.policy(num_envs or 1, **options)
     return NumpyPolicy(policy) if num_envs is None else policy

@@ -134,22 +134,25 @@ def section_cache_slice() -> None:
 
 
 def section_bf16(rounds: int = 4, block: int = 10) -> None:
+    from seqrl.agents.dt import make_sampler
     from seqrl.buffers import load_dataset
-    from seqrl.train.runs import make_sampler, spec_for
+    from seqrl.train.runs import spec_for
 
     store = load_dataset("seqrl-bench/hopper/medium-v0")
     config = DTConfig(warmup_steps=100)
-    agent = DecisionTransformer(
-        config, spec_for(store, "Hopper-v5"), store.observation_mean, store.observation_std
-    )
-    sampler = make_sampler("window", config, store, 0)
+    agent = DecisionTransformer(config, spec_for(store, "Hopper-v5"), store.stats())
+    sampler = make_sampler(config, store, 0)
 
     def bf16_update() -> None:
         agent.model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss, _ = dt_loss(agent.model, sampler.sample())
         optimizer_step(
-            agent.optimizer, loss, agent.model.parameters(), config.grad_clip, agent.scheduler
+            agent.optim.optimizer,
+            loss,
+            agent.model.parameters(),
+            config.grad_clip,
+            agent.optim.scheduler,
         )
 
     def fp32_update() -> None:

@@ -29,7 +29,7 @@ os.environ.setdefault("MINARI_DATASETS_PATH", str(REPO.parent / "shared" / "data
 
 from seqrl.agents import dt as dt_module  # noqa: E402
 from seqrl.train.logging import read_metrics  # noqa: E402
-from seqrl.train.runs import train_offline_run  # noqa: E402
+from seqrl.train.runs import train_run  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
             run_dir = args.out / f"{'small' if init is small_timestep_init else 'default'}-s{seed}"
             if run_dir.exists():
                 shutil.rmtree(run_dir)
-            train_offline_run(run_dir, bench_dt.seqrl_config("seqrl", budget, seed), progress=False)
+            train_run(run_dir, bench_dt.seqrl_config("seqrl", budget, seed), progress=False)
             curves[(label, seed)] = [
                 (int(r["step"]), r["eval/normalized_score"])
                 for r in read_metrics(run_dir)

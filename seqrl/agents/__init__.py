@@ -1,41 +1,30 @@
-"""The agent registry: algorithm name -> config dataclass and agent class.
+"""The agents, one file each, and their registry: algorithm name -> `AgentEntry`.
 
-The CLI, `seqrl.export.load_policy` and the conformance tests (tests/agents) read this registry,
-so a new algorithm is usable everywhere once it is registered here.
+Every agent module ends with `ENTRY = AgentEntry(...)` (`seqrl.agents.registry`): the loops, the
+CLI, `seqrl.export` and the conformance tests (tests/agents) read only that, so a new algorithm
+is usable everywhere once its entry is listed here. Every agent exports its classes under one
+naming scheme: `<Name>Config`, `<Name>Agent`, `<Name>Policy`, `<Name>PolicyOptions`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from seqrl.agents.dt import DecisionTransformer, DTConfig, DTPolicy
-from seqrl.agents.recurrent_ppo import RecurrentPPO, RecurrentPPOConfig
-
-
-@dataclass(frozen=True)
-class AgentEntry:
-    """How to build one algorithm."""
-
-    name: str
-    config_cls: type
-    agent_cls: type
-    batch: str
-    """What `update` takes: "window" (WindowBatch, offline sequences, `seqrl train ALGO
-    --dataset`) or "rollout" (on-policy rollouts, `seqrl train ALGO --env`)."""
-    summary: str
-
+from seqrl.agents import dt, recurrent_ppo
+from seqrl.agents.dt import DecisionTransformer, DTAgent, DTConfig, DTPolicy, DTPolicyOptions
+from seqrl.agents.recurrent_ppo import (
+    RecurrentPPO,
+    RecurrentPPOAgent,
+    RecurrentPPOConfig,
+    RecurrentPPOPolicy,
+    RecurrentPPOPolicyOptions,
+)
+from seqrl.agents.registry import AgentEntry
 
 REGISTRY: dict[str, AgentEntry] = {
-    "dt": AgentEntry(
-        "dt", DTConfig, DecisionTransformer, "window", "Decision Transformer (Chen et al. 2021)"
-    ),
-    "recurrent-ppo": AgentEntry(
-        "recurrent-ppo",
-        RecurrentPPOConfig,
-        RecurrentPPO,
-        "rollout",
-        "PPO with a memory backbone: gtrxl | lstm | gru | xlstm | mlp",
-    ),
+    entry.name: entry
+    for entry in (
+        dt.ENTRY,
+        recurrent_ppo.ENTRY,
+    )
 }
 
 
@@ -49,8 +38,15 @@ def get_agent_entry(name: str) -> AgentEntry:
 __all__ = [
     "REGISTRY",
     "AgentEntry",
+    "DTAgent",
     "DTConfig",
     "DTPolicy",
+    "DTPolicyOptions",
     "DecisionTransformer",
+    "RecurrentPPO",
+    "RecurrentPPOAgent",
+    "RecurrentPPOConfig",
+    "RecurrentPPOPolicy",
+    "RecurrentPPOPolicyOptions",
     "get_agent_entry",
 ]

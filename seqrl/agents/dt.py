@@ -18,11 +18,18 @@ What differs from the reference code:
   the same function only for a model trained with a sliding attention window
   (`attention_window`): see docs/architecture.md.
 - Discrete action spaces get a categorical head and cross-entropy loss.
+
+Tokens and what reads them (K steps, 3K tokens; the loss reads the outputs at s_t only):
+
+```
+  token   R_1  s_1  a_1  R_2  s_2  a_2 ...  R_K  s_K  a_K
+  output        |              |                  |
+              a_1^           a_2^               a_K^      (tanh, model units; logits if discrete)
+```
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +38,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqrl.core import EnvSpec, PolicyStep, WindowBatch
+from seqrl.agents.examples import example_window_batch
+from seqrl.agents.registry import AgentEntry, policy_options
+from seqrl.core import (
+    DataStats,
+    EnvSpec,
+    Loop,
+    PolicyStep,
+    WindowBatch,
+    check_num_envs,
+    env_rows,
+)
 from seqrl.nn import make_backbone
-from seqrl.nn.optim import optimizer_step
+from seqrl.nn.heads import ActionScaling
+from seqrl.nn.optim import WarmupAdamW
 
 
 @dataclass
@@ -77,10 +95,6 @@ class DTConfig:
     """Windows per update."""
     return_scale: float = 1000.0
     """Returns-to-go are divided by this before embedding."""
-    target_return: float = 3600.0
-    """Default return to condition on at evaluation, in env units (reference Hopper: 3600)."""
-    inference: str = "window"
-    """Rollout mode: "window" (reference: recompute last K steps) or "cache" (incremental)."""
     device: str = "cpu"
     """Torch device for training and inference."""
     precision: str = "fp32"
@@ -91,12 +105,31 @@ class DTConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.inference not in ("window", "cache"):
-            raise ValueError(f"inference must be 'window' or 'cache', got {self.inference!r}")
         if self.context_len < 1:
             raise ValueError(f"context_len must be >= 1, got {self.context_len}")
         if self.attention_window is not None and self.attention_window < 1:
             raise ValueError(f"attention_window must be >= 1 or None, got {self.attention_window}")
+
+
+INFERENCE_MODES = ("window", "cache")
+
+
+@dataclass
+class DTPolicyOptions:
+    """Options of a DT policy: `seqrl eval RUN --policy target_return=1800 --policy
+    inference=cache`, `--set policy.inference=cache` when training, or `agent.policy(...)`."""
+
+    target_return: float = 3600.0
+    """Return to condition on, in env units (reference Hopper: 3600)."""
+    inference: str = "window"
+    """Rollout mode: "window" (reference: recompute the last K steps) or "cache" (incremental;
+    the trained function only for a model trained with `attention_window`)."""
+
+    def __post_init__(self) -> None:
+        if self.inference not in INFERENCE_MODES:
+            raise ValueError(
+                f"policy.inference must be 'window' or 'cache', got {self.inference!r}"
+            )
 
 
 class DecisionTransformerModel(nn.Module):
@@ -118,21 +151,8 @@ class DecisionTransformerModel(nn.Module):
         std = np.ones(obs_dim) if obs_std is None else np.asarray(obs_std).reshape(obs_dim)
         self.register_buffer("obs_mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("obs_std", torch.as_tensor(std, dtype=torch.float32))
-        if not spec.discrete:
-            low = (
-                -np.ones(spec.action_dim) if spec.action_low is None else np.array(spec.action_low)
-            )
-            high = (
-                np.ones(spec.action_dim) if spec.action_high is None else np.array(spec.action_high)
-            )
-            bounded = np.isfinite(low) & np.isfinite(high)
-            # unbounded dims pass through unscaled (center 0, half-range 1)
-            center = np.where(bounded, (high + low) / 2, 0.0)
-            half_range = np.where(bounded, (high - low) / 2, 1.0)
-            self.register_buffer("action_center", torch.as_tensor(center, dtype=torch.float32))
-            self.register_buffer(
-                "action_half_range", torch.as_tensor(half_range, dtype=torch.float32)
-            )
+        if not spec.discrete:  # the tanh head's [-1, 1] maps onto the box (unbounded: as is)
+            self.action_scaling = ActionScaling(spec.action_dim, spec.action_low, spec.action_high)
 
         self.embed_return = nn.Linear(1, width)
         self.embed_state = nn.Linear(obs_dim, width)
@@ -163,7 +183,7 @@ class DecisionTransformerModel(nn.Module):
         """Env-unit actions -> model units ([-1, 1] on bounded dims); discrete: unchanged."""
         if self.spec.discrete:
             return actions.long()
-        return (actions - self.action_center) / self.action_half_range
+        return self.action_scaling.to_model(actions)
 
     def _embed_steps(
         self, returns_to_go: Tensor, observations: Tensor, timesteps: Tensor
@@ -194,7 +214,7 @@ class DecisionTransformerModel(nn.Module):
         """Model output (B, A) -> env action: scaled into the Box, or the argmax index."""
         if self.spec.discrete:
             return prediction.argmax(-1)
-        return prediction * self.action_half_range + self.action_center
+        return self.action_scaling.to_env(prediction)
 
     # ---- parallel (training, window inference) --------------------------------------------
     def forward(
@@ -261,69 +281,52 @@ def dt_loss(model: DecisionTransformerModel, batch: WindowBatch) -> tuple[Tensor
     return loss, {"train/loss": loss.item()}
 
 
-class DecisionTransformer:
-    """The DT agent: model, AdamW with linear warmup, `update(WindowBatch)`, `policy()`."""
+class DTAgent:
+    """The DT agent: model, AdamW with linear warmup, `update(WindowBatch)`, `policy()`.
 
-    def __init__(
-        self,
-        config: DTConfig,
-        spec: EnvSpec,
-        obs_mean: np.ndarray | None = None,
-        obs_std: np.ndarray | None = None,
-    ) -> None:
+    `stats` (dataset statistics, `EpisodeStore.stats()`) sets the observation normalization;
+    None keeps the identity (as for an agent whose weights are loaded next).
+    """
+
+    def __init__(self, config: DTConfig, spec: EnvSpec, stats: DataStats | None = None) -> None:
         self.config, self.spec = config, spec
         self.device = torch.device(config.device)
-        self.model = DecisionTransformerModel(config, spec, obs_mean, obs_std).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        stats = stats or {}
+        self.model = DecisionTransformerModel(
+            config, spec, stats.get("observation_mean"), stats.get("observation_std")
+        ).to(self.device)
+        self.optim = WarmupAdamW(
+            self.model.parameters(),
+            config.lr,
+            config.weight_decay,
+            config.warmup_steps,
+            config.grad_clip,
         )
-        warmup = max(config.warmup_steps, 1)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min((step + 1) / warmup, 1.0)
-        )
-        self.updates = 0
 
     def update(self, batch: WindowBatch) -> dict[str, float]:
         self.model.train()
         with autocast(self.model):
             loss, metrics = dt_loss(self.model, batch.to(self.device))
-        grad_norm = optimizer_step(
-            self.optimizer, loss, self.model.parameters(), self.config.grad_clip, self.scheduler
-        )
-        self.updates += 1
-        metrics["train/grad_norm"] = float(grad_norm)
-        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+        metrics["train/grad_norm"], metrics["train/lr"] = self.optim.step(loss)
         return metrics
 
-    def policy(
-        self,
-        num_envs: int = 1,
-        target_return: float | None = None,
-        inference: str | None = None,
-    ) -> DTPolicy:
-        return DTPolicy(
-            self.model,
-            num_envs=num_envs,
-            target_return=self.config.target_return if target_return is None else target_return,
-            inference=self.config.inference if inference is None else inference,
-        )
+    def policy(self, num_envs: int = 1, *, explore: bool = False, **options: Any) -> DTPolicy:
+        """A batched policy over `num_envs` envs; `options`: `DTPolicyOptions` fields. DT acts
+        deterministically, so `explore` changes nothing."""
+        chosen = policy_options(DTPolicyOptions, options)
+        return DTPolicy(self.model, num_envs, chosen.target_return, chosen.inference)
+
+    @property
+    def updates(self) -> int:
+        """Gradient updates so far."""
+        return self.optim.updates
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "updates": self.updates,
-        }
+        return {"model": self.model.state_dict(), **self.optim.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        if "optimizer" in state:
-            # deep copy: Optimizer.load_state_dict keeps the given tensors, which would share
-            # Adam's moments with the agent the state came from
-            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.updates = int(state["updates"])
+        self.optim.load_state_dict(state)
 
 
 class DTPolicy:
@@ -341,7 +344,7 @@ class DTPolicy:
         target_return: float,
         inference: str = "window",
     ) -> None:
-        if inference not in ("window", "cache"):
+        if inference not in INFERENCE_MODES:
             raise ValueError(f"inference must be 'window' or 'cache', got {inference!r}")
         self.model, self.num_envs, self.inference = model, num_envs, inference
         self.target_return = target_return
@@ -364,11 +367,7 @@ class DTPolicy:
         self.reset(None)
 
     def reset(self, done: np.ndarray | Tensor | None = None) -> None:
-        rows = (
-            torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-            if done is None
-            else torch.as_tensor(np.asarray(done), dtype=torch.bool, device=self.device)
-        )
+        rows = env_rows(done, self.num_envs, self.device)
         self.returns_to_go[rows] = self.target_return / self.config.return_scale
         self.timestep[rows] = 0
         self.fresh[rows] = True
@@ -385,11 +384,7 @@ class DTPolicy:
         was_training = self.model.training
         self.model.eval()
         obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
-        if obs_t.shape[0] != self.num_envs:
-            raise ValueError(
-                f"DTPolicy was built for {self.num_envs} envs but got observations for "
-                f"{obs_t.shape[0]}; create it with agent.policy(num_envs={obs_t.shape[0]})"
-            )
+        check_num_envs("DTPolicy", self.num_envs, obs_t)
         if reward is not None:
             reward_t = torch.as_tensor(np.asarray(reward), dtype=torch.float32, device=self.device)
             decrement = torch.where(self.fresh, 0.0, reward_t / self.config.return_scale)
@@ -431,3 +426,36 @@ class DTPolicy:
         action = prediction.argmax(-1) if self.spec.discrete else prediction
         self.state = self.model.step_action(action, self.timestep, self.state)
         return prediction
+
+
+def make_sampler(config: DTConfig, store: Any, seed: int) -> Any:
+    """Windows of `context_len` steps, returns-to-go divided by `return_scale`."""
+    from seqrl.buffers.samplers import WindowSampler
+
+    return WindowSampler(
+        store,
+        context_len=config.context_len,
+        batch_size=config.batch_size,
+        seed=seed,
+        return_scale=config.return_scale,
+        max_timestep=config.max_timestep - 1,
+    )
+
+
+DecisionTransformer = DTAgent
+"""The paper's name for `DTAgent`."""
+
+ENTRY = AgentEntry(
+    name="dt",
+    summary="Decision Transformer (Chen et al. 2021) on a trajectory dataset",
+    loop=Loop.OFFLINE,
+    config_cls=DTConfig,
+    agent_cls=DTAgent,
+    policy_cls=DTPolicy,
+    options_cls=DTPolicyOptions,
+    tiny_config={"width": 16, "layers": 2, "heads": 2, "context_len": 6, "warmup_steps": 1},
+    example_batch=lambda agent, seed: example_window_batch(
+        agent.spec, context=agent.config.context_len, seed=seed
+    ),
+    make_sampler=make_sampler,
+)

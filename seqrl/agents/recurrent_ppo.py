@@ -36,18 +36,32 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Normal
 
-from seqrl.buffers.rollout import MEMORY_PREFIX, Rollout, compute_gae
-from seqrl.core import EnvSpec, PolicyStep
+from seqrl.agents.examples import example_rollout
+from seqrl.agents.registry import AgentEntry, policy_options
+from seqrl.core import (
+    MEMORY_PREFIX,
+    DataStats,
+    EnvSpec,
+    Loop,
+    PolicyStep,
+    RolloutSettings,
+    check_num_envs,
+    env_rows,
+)
 from seqrl.nn import make_backbone
 from seqrl.nn.base import State
+from seqrl.nn.heads import ActionScaling
 from seqrl.nn.optim import optimizer_step
+
+if TYPE_CHECKING:
+    from seqrl.buffers.rollout import Rollout
 
 BACKBONES = ("gtrxl", "lstm", "gru", "xlstm", "mlp")
 
@@ -74,7 +88,7 @@ class RecurrentPPOConfig:
     """Adam learning rate."""
     lr_anneal_steps: int | None = None
     """Decay the learning rate linearly to 0 over this many environment steps of training data
-    (set it to train.env_steps, as CleanRL does); None keeps it constant."""
+    (set it to train.steps, as CleanRL does); None keeps it constant."""
     gamma: float = 0.99
     """Discount."""
     gae_lambda: float = 0.95
@@ -122,36 +136,6 @@ class RecurrentPPOConfig:
                 raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
 
 
-class MLPBackbone(nn.Module):
-    """A memoryless stand-in with the backbone interface: `layers` x (Linear, tanh); state {}."""
-
-    def __init__(self, width: int, layers: int) -> None:
-        super().__init__()
-        self.width = width
-        blocks: list[nn.Module] = []
-        for _ in range(layers):
-            blocks += [nn.Linear(width, width), nn.Tanh()]
-        self.net = nn.Sequential(*blocks)
-
-    def forward(
-        self,
-        x: Tensor,
-        state: State | None = None,
-        mask: Tensor | None = None,
-        episode_start: Tensor | None = None,
-    ) -> tuple[Tensor, State]:
-        return self.net(x), {}
-
-    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        return self.net(x), {}
-
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
-        return {}
-
-    def reset_state(self, state: State, done: Tensor) -> State:
-        return state
-
-
 def _orthogonal(layer: nn.Linear, gain: float) -> nn.Linear:
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
@@ -173,29 +157,21 @@ class RecurrentPPOModel(nn.Module):
         self.register_buffer("return_var", torch.ones(()))
         self.register_buffer("return_count", torch.zeros(()))
         self.encoder = nn.Sequential(_orthogonal(nn.Linear(self.obs_dim, width), 2**0.5), nn.Tanh())
-        if config.backbone == "mlp":
-            self.backbone: nn.Module = MLPBackbone(width, config.layers)
-        else:
-            self.backbone = make_backbone(
-                config.backbone,
-                width=width,
-                layers=config.layers,
-                heads=config.heads,
-                dropout=config.dropout,
-                window=config.memory,
-            )
+        self.backbone = make_backbone(
+            config.backbone,
+            width=width,
+            layers=config.layers,
+            heads=config.heads,
+            dropout=config.dropout,
+            window=config.memory,
+            # mlp: tanh layers (CleanRL's PPO); the other backbones keep their own activation
+            activation="tanh" if config.backbone == "mlp" else None,
+        )
         self.policy_head = _orthogonal(nn.Linear(width, spec.action_dim), 0.01)
         self.value_head = _orthogonal(nn.Linear(width, 1), 1.0)
         if not spec.discrete:
             self.log_std = nn.Parameter(torch.full((spec.action_dim,), config.init_log_std))
-            low = np.array(spec.action_low or [-np.inf] * spec.action_dim)
-            high = np.array(spec.action_high or [np.inf] * spec.action_dim)
-            bounded = np.isfinite(low) & np.isfinite(high)
-            center = np.where(bounded, (high + low) / 2, 0.0)
-            half_range = np.where(bounded, (high - low) / 2, 1.0)
-            self.register_buffer("action_center", torch.as_tensor(center, dtype=torch.float32))
-            self.register_buffer("action_half", torch.as_tensor(half_range, dtype=torch.float32))
-            self.register_buffer("action_bounded", torch.as_tensor(bounded))
+            self.action_scaling = ActionScaling(spec.action_dim, spec.action_low, spec.action_high)
 
     def normalize(self, obs: Tensor) -> Tensor:
         """(..., *obs_shape) raw -> (..., obs_dim) normalized and clipped."""
@@ -263,8 +239,7 @@ class RecurrentPPOModel(nn.Module):
         """Gaussian sample in [-1, 1] units -> the action box (clipped); discrete: unchanged."""
         if self.spec.discrete:
             return sample
-        clipped = torch.where(self.action_bounded, sample.clamp(-1.0, 1.0), sample)
-        return clipped * self.action_half + self.action_center
+        return self.action_scaling.to_env(sample, clip=True)
 
 
 def _merge_stats(batch: Tensor, mean: Tensor, var: Tensor, count: Tensor) -> None:
@@ -283,10 +258,20 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-class RecurrentPPO:
-    """The agent: `update(Rollout)` runs `epochs` x `minibatches` PPO steps over chunks."""
+@dataclass
+class RecurrentPPOPolicyOptions:
+    """Recurrent PPO policies have no options beyond `explore` (sample instead of the mode)."""
 
-    def __init__(self, config: RecurrentPPOConfig, spec: EnvSpec) -> None:
+
+class RecurrentPPOAgent:
+    """The agent: `update(Rollout)` runs `epochs` x `minibatches` PPO steps over chunks.
+
+    Online: `stats` is accepted for the common signature and unused (the observation
+    normalization is a running estimate kept in the model)."""
+
+    def __init__(
+        self, config: RecurrentPPOConfig, spec: EnvSpec, stats: DataStats | None = None
+    ) -> None:
         self.config, self.spec = config, spec
         self.device = torch.device(config.device)
         self.model = RecurrentPPOModel(config, spec).to(self.device)
@@ -318,6 +303,8 @@ class RecurrentPPO:
 
     def advantages(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
         """GAE advantages and value targets, both (R, N)."""
+        from seqrl.buffers.rollout import compute_gae  # numba: training only, not for load_policy
+
         boot = self.bootstrap_values(rollout).cpu().numpy()
         advantages, returns = compute_gae(
             rollout.rewards.cpu().numpy().astype(np.float32),
@@ -418,10 +405,14 @@ class RecurrentPPO:
         }
 
     # ---- policy and state ------------------------------------------------------------------
-    def policy(self, num_envs: int = 1, deterministic: bool = True) -> RecurrentPPOPolicy:
-        """A policy over `num_envs` envs sharing this agent's weights; `deterministic=False`
-        samples actions and records what `update` needs (the online loop's collector)."""
-        return RecurrentPPOPolicy(self.model, num_envs, deterministic)
+    def policy(
+        self, num_envs: int = 1, *, explore: bool = False, **options: Any
+    ) -> RecurrentPPOPolicy:
+        """A policy over `num_envs` envs sharing this agent's weights; `explore=True` samples
+        actions and records what `update` needs (the online loop's collector), otherwise it
+        takes the mode (argmax / Gaussian mean)."""
+        policy_options(RecurrentPPOPolicyOptions, options)  # rejects unknown options
+        return RecurrentPPOPolicy(self.model, num_envs, deterministic=not explore)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -465,7 +456,7 @@ class RecurrentPPOPolicy:
         if done is None:
             self.state = self.model.backbone.initial_state(self.num_envs, self.device)
             return
-        rows = torch.as_tensor(np.asarray(done), dtype=torch.bool, device=self.device)
+        rows = env_rows(done, self.num_envs, self.device)
         if rows.any():
             self.state = self.model.backbone.reset_state(self.state, rows)
 
@@ -474,11 +465,7 @@ class RecurrentPPOPolicy:
         self, obs: np.ndarray | Tensor, reward: np.ndarray | Tensor | None = None
     ) -> PolicyStep:
         obs_t = torch.as_tensor(np.asarray(obs), device=self.device)
-        if obs_t.shape[0] != self.num_envs:
-            raise ValueError(
-                f"RecurrentPPOPolicy was built for {self.num_envs} envs but got observations "
-                f"for {obs_t.shape[0]}; create it with agent.policy(num_envs={obs_t.shape[0]})"
-            )
+        check_num_envs("RecurrentPPOPolicy", self.num_envs, obs_t)
         if self.model.training:  # acting is inference; `update` switches to train() itself
             self.model.eval()
         memory = {MEMORY_PREFIX + key: value for key, value in self.state.items()}
@@ -498,3 +485,22 @@ class RecurrentPPOPolicy:
         if not self.model.spec.discrete:
             info["raw_action"] = sample
         return PolicyStep(action=self.model.to_env_action(sample), info=info)
+
+
+RecurrentPPO = RecurrentPPOAgent
+"""Short name for `RecurrentPPOAgent`."""
+
+ENTRY = AgentEntry(
+    name="recurrent-ppo",
+    summary="PPO with a memory backbone (gtrxl | lstm | gru | xlstm | mlp) on a Gymnasium env",
+    loop=Loop.ONLINE,
+    config_cls=RecurrentPPOConfig,
+    agent_cls=RecurrentPPOAgent,
+    policy_cls=RecurrentPPOPolicy,
+    options_cls=RecurrentPPOPolicyOptions,
+    tiny_config={"backbone": "lstm", "width": 16, "layers": 1, "memory": 6, "chunk_len": 4},
+    example_batch=lambda agent, seed: example_rollout(
+        agent, seed=seed, chunk_len=agent.config.chunk_len
+    ),
+    rollout_settings=lambda config: RolloutSettings(chunk_len=config.chunk_len),
+)

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import gymnasium as gym
 import numpy as np
 
 from seqrl.buffers.validation import (
@@ -35,6 +33,11 @@ from seqrl.buffers.validation import (
     data_error,
     episode_of_step,
 )
+
+if TYPE_CHECKING:  # only for annotations: gymnasium and torch (via core) are slow to import
+    import gymnasium as gym
+
+    from seqrl.core import DataStats
 
 OBS_STD_FLOOR = 1e-6
 """`observation_std` is at least this, so constant observation dimensions do not divide by 0."""
@@ -86,8 +89,9 @@ class Episode:
 class EpisodeStore:
     """Episodes as flat arrays plus offsets (see the module docstring for the layout).
 
-    Build one with a loader (`load_minari`, `load_d4rl_hdf5`), from per-episode dicts
-    (`EpisodeStore.from_episodes`) or from flat arrays (this constructor).
+    Build one with a loader (`load_dataset`, `load_minari`, `load_d4rl_hdf5`), from per-episode
+    dicts (`EpisodeStore.from_episodes`) or from flat arrays (this constructor); write one with
+    `seqrl.buffers.save_dataset` (or `write_minari` / `write_d4rl_hdf5`).
     """
 
     def __init__(
@@ -344,6 +348,35 @@ class EpisodeStore:
         nxt[self.episode_offsets[1:] - 1] = self.final_observations
         return nxt
 
+    def stats(self) -> DataStats:
+        """Ranges and moments of the data, for normalization and for checking a policy's outputs.
+
+        - observation_mean / observation_std (*obs_shape,) float32: the properties of those names
+          (std floored at `OBS_STD_FLOOR`);
+        - observation_min / observation_max (*obs_shape,): over the same observations, every
+          step's (final observations are not counted);
+        - action_min / action_max (*act_shape,): per action dimension; None for discrete actions;
+        - reward_min / reward_max: over steps; return_min / return_max: over episodes
+          (undiscounted returns).
+
+        A plain dict (typed as `seqrl.core.DataStats`); min / max arrays keep the data's dtype;
+        scalars are Python floats.
+        """
+        continuous = not self.discrete_actions
+        returns = self.episode_returns
+        return {
+            "observation_mean": self.observation_mean,
+            "observation_std": self.observation_std,
+            "observation_min": self.observations.min(axis=0),
+            "observation_max": self.observations.max(axis=0),
+            "action_min": self.actions.min(axis=0) if continuous else None,
+            "action_max": self.actions.max(axis=0) if continuous else None,
+            "reward_min": float(self.rewards.min()),
+            "reward_max": float(self.rewards.max()),
+            "return_min": float(returns.min()),
+            "return_max": float(returns.max()),
+        }
+
     def summary(self) -> dict[str, Any]:
         """Sizes, return statistics and reference scores, as plain Python values."""
         returns = self.episode_returns
@@ -373,20 +406,6 @@ class EpisodeStore:
             f"EpisodeStore({name!r}, episodes={self.num_episodes}, steps={self.num_steps}, "
             f"obs={self.observation_shape}, act={self.action_shape})"
         )
-
-    # ----------------------------------------------------------------------------- writers
-
-    def to_minari(self, dataset_id: str, **kwargs: Any) -> Path:
-        """Write as a Minari dataset under the local Minari root; returns its directory."""
-        from seqrl.buffers.minari_io import write_minari
-
-        return write_minari(self, dataset_id, **kwargs)
-
-    def to_d4rl_hdf5(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write D4RL's HDF5 layout (with `next_observations`) to `path`; returns the path."""
-        from seqrl.buffers.d4rl_io import write_d4rl_hdf5
-
-        return write_d4rl_hdf5(self, path, overwrite=overwrite)
 
 
 def _as_flags(values: np.ndarray, source: str, name: str, offsets: np.ndarray) -> np.ndarray:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -176,24 +178,43 @@ def _env_spec(env_id: str | None) -> gym.envs.registration.EnvSpec | None:
         return None  # not registered here: write without an env spec rather than fail
 
 
-def resolve_output_id(dataset_id: str, overwrite: bool = False) -> str:
+def resolve_output_id(
+    dataset_id: str, overwrite: bool = False, root: str | Path | None = None
+) -> str:
     """Check that `dataset_id` is a valid Minari id that may be written; returns it.
 
-    Raises before any work is done: a malformed id is a `ValueError`, an existing dataset a
-    `FileExistsError` unless `overwrite`.
+    Raises before any work is done: a malformed id is a `ValueError`, an existing dataset (under
+    `root`, default `minari_root()`) a `FileExistsError` unless `overwrite`.
     """
     if not _DATASET_ID.match(dataset_id):
         raise ValueError(
             f"{dataset_id!r} is not a valid Minari dataset id. Fix: use namespace/name-vN, e.g. "
             "'seqrl/pendulum/random-v0' (or a path ending in .hdf5 for D4RL layout)"
         )
-    target = minari_root() / dataset_id
+    target = (Path(root) if root is not None else minari_root()) / dataset_id
     if target.exists() and not overwrite:
         raise FileExistsError(
             f"Minari dataset {dataset_id!r} already exists at {target}. Fix: choose another "
             "id or version, or pass overwrite=True (--overwrite) to replace it"
         )
     return dataset_id
+
+
+@contextmanager
+def _minari_root_set_to(root: str | Path | None) -> Iterator[None]:
+    """Point Minari (which reads $MINARI_DATASETS_PATH at every call) at `root` for a while."""
+    if root is None:
+        yield
+        return
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
 
 
 def write_minari(
@@ -204,12 +225,26 @@ def write_minari(
     algorithm_name: str | None = None,
     description: str | None = None,
     author: str | None = None,
+    root: str | Path | None = None,
 ) -> Path:
-    """Write `store` as Minari dataset `dataset_id` under `minari_root()`; returns its folder.
+    """Write `store` as Minari dataset `dataset_id` under `root`; returns its folder.
 
-    Every array (observations plus the final one, actions, rewards, flags) is written with its
-    dtype unchanged. An existing dataset is an error unless `overwrite=True`.
+    `root` defaults to the local Minari root, `minari_root()`. Every array (observations plus the
+    final one, actions, rewards, flags) is written with its dtype unchanged. An existing dataset
+    is an error unless `overwrite=True`.
     """
+    with _minari_root_set_to(root):
+        return _write_minari(store, dataset_id, overwrite, algorithm_name, description, author)
+
+
+def _write_minari(
+    store: EpisodeStore,
+    dataset_id: str,
+    overwrite: bool,
+    algorithm_name: str | None,
+    description: str | None,
+    author: str | None,
+) -> Path:
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
 

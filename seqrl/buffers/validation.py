@@ -7,8 +7,12 @@ of them truncates, pads or drops data silently.
 
 from __future__ import annotations
 
-import gymnasium as gym
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import gymnasium as gym
 
 
 def data_error(source: str, field: str, episode: int | None, problem: str, fix: str) -> ValueError:
@@ -88,6 +92,9 @@ def check_flags(
 
 def _space_problem(data: np.ndarray, space: gym.Space) -> str | None:
     """Why `data` (N, ...) does not fit `space`, or None if it does."""
+    # Imported here: the samplers import this module, and they must not pull in gymnasium.
+    import gymnasium as gym
+
     if isinstance(space, gym.spaces.Discrete):
         if data.ndim != 1 or not np.issubdtype(data.dtype, np.integer):
             return (

@@ -13,7 +13,8 @@ Every backbone is an `nn.Module` with one interface, two faces computing the sam
 state is a `dict[str, Tensor]`, batch dimension first; the state returned by the parallel forward
 is the state after the last real token, detached. See README_SECTION.md for the details.
 
-`make_backbone(name, ...)` builds one by name: "gpt", "gtrxl", "lstm", "gru", "xlstm".
+`make_backbone(name, ...)` builds one by name: "gpt", "gtrxl", "lstm", "gru", "xlstm", and "mlp"
+(memoryless, state `{}`: the no-memory baseline).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from torch import nn
 from seqrl.nn.base import Backbone, State
 from seqrl.nn.gpt import GPT, GPTConfig
 from seqrl.nn.gtrxl import GTrXL, GTrXLConfig
+from seqrl.nn.mlp import MLPBackbone, MLPConfig
 from seqrl.nn.optim import optimizer_step
 from seqrl.nn.recurrent import GRU, LSTM, RecurrentBackbone, RecurrentConfig
 from seqrl.nn.xlstm import XLSTM, XLSTMConfig
 
-BACKBONES: tuple[str, ...] = ("gpt", "gtrxl", "lstm", "gru", "xlstm")
+BACKBONES: tuple[str, ...] = ("gpt", "gtrxl", "lstm", "gru", "xlstm", "mlp")
 
 
 def _config(cls: type, name: str, kwargs: dict[str, Any]) -> Any:
@@ -66,6 +68,8 @@ def make_backbone(
     - "lstm", "gru": `heads`, `window`, `max_len` and `activation` are ignored.
     - "xlstm": `slstm_at=(i, ...)` picks the sLSTM blocks (others are mLSTM); `window`,
       `max_len` and `activation` are ignored.
+    - "mlp": `layers` x (Linear, `activation`) per token (default tanh); `heads`, `window` and
+      `max_len` are ignored.
     """
     common = {"width": width, "layers": layers, "dropout": dropout}
     mlp = {"activation": activation} if activation is not None else {}
@@ -80,6 +84,8 @@ def make_backbone(
         return RecurrentBackbone(_config(RecurrentConfig, name, {**common, "cell": name, **kw}))
     if name == "xlstm":
         return XLSTM(_config(XLSTMConfig, name, {**common, "heads": heads, **kw}))
+    if name == "mlp":
+        return MLPBackbone(_config(MLPConfig, name, {**common, **mlp, **kw}))
     raise ValueError(f"unknown backbone {name!r}; valid names are {', '.join(BACKBONES)}.")
 
 
@@ -93,6 +99,8 @@ __all__ = [
     "GPTConfig",
     "GTrXL",
     "GTrXLConfig",
+    "MLPBackbone",
+    "MLPConfig",
     "RecurrentBackbone",
     "RecurrentConfig",
     "State",

@@ -29,8 +29,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu_tanh": lambda: nn.GELU("tanh"),
     "relu": nn.ReLU,
     "silu": nn.SiLU,
+    "tanh": nn.Tanh,
 }
-"""MLP activations by name (GPT and GTrXL configs)."""
+"""Activations by name (the MLPs of GPT and GTrXL blocks; the layers of the MLP backbone)."""
 
 
 @runtime_checkable

@@ -60,7 +60,7 @@ class GPTConfig:
     dropout: float = 0.0
     """Dropout on attention weights and residual branches (inactive in eval())."""
     activation: str = "gelu"
-    """MLP activation: one of gelu, gelu_tanh, relu, silu."""
+    """MLP activation: one of gelu, gelu_tanh, relu, silu, tanh."""
     window: int | None = None
     """W: each token attends to itself and the W-1 previous tokens; None = full causal."""
     max_len: int = 1024

@@ -66,7 +66,7 @@ class GTrXLConfig:
     mlp_ratio: int = 4
     """MLP hidden width as a multiple of `width`."""
     activation: str = "relu"
-    """MLP hidden activation: one of gelu, gelu_tanh, relu, silu."""
+    """MLP hidden activation: one of gelu, gelu_tanh, relu, silu, tanh."""
     gate_bias: float = 2.0
     """Initial b_g: larger starts the gates closer to the identity map."""
     backend: str = "auto"

@@ -6,6 +6,7 @@ Keeping this in one place means every agent logs the same `train/grad_norm` (the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,3 +46,55 @@ def optimizer_step(
     if scheduler is not None:
         scheduler.step()
     return float(norm)
+
+
+class WarmupAdamW:
+    """AdamW with a linear learning-rate warm-up and global gradient clipping, and an update
+    counter: the optimizer of the sequence-imitation agents (DT, BC), as the reference DT.
+
+    `step(loss)` runs `optimizer_step` and returns (grad norm before clipping, learning rate);
+    `state_dict()` holds `optimizer`, `scheduler` and `updates` for a checkpoint.
+    """
+
+    def __init__(
+        self,
+        parameters: Iterable[torch.nn.Parameter],
+        lr: float,
+        weight_decay: float,
+        warmup_steps: int,
+        max_grad_norm: float | None,
+    ) -> None:
+        self.parameters = list(parameters)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=lr, weight_decay=weight_decay)
+        warmup = max(warmup_steps, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min((step + 1) / warmup, 1.0)
+        )
+        self.max_grad_norm = max_grad_norm
+        self.updates = 0
+
+    def step(self, loss: Tensor) -> tuple[float, float]:
+        """Backpropagate and update once; (grad norm before clipping, learning rate used next)."""
+        norm = optimizer_step(
+            self.optimizer, loss, self.parameters, self.max_grad_norm, self.scheduler
+        )
+        self.updates += 1
+        return norm, float(self.scheduler.get_last_lr()[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (a no-op without an `optimizer` entry, as for
+        weights-only loading)."""
+        if "optimizer" not in state:
+            return
+        # a deep copy: Optimizer.load_state_dict keeps the given tensors, which would share
+        # Adam's moments with the agent the state came from
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.updates = int(state["updates"])

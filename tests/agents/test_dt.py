@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from seqrl.agents.dt import DecisionTransformer, DTConfig
+from seqrl.agents.dt import DecisionTransformer, DTConfig, DTPolicyOptions
 from tests.agents.helpers import CONTINUOUS, DISCRETE, observation_stream, random_window_batch
 
 
 def _trained_agent(spec=CONTINUOUS, steps=3, **overrides):
     torch.manual_seed(0)
     config = DTConfig(width=16, layers=3, heads=2, context_len=5, warmup_steps=1, **overrides)
-    agent = DecisionTransformer(config, spec, obs_mean=np.full(5, 0.3), obs_std=np.full(5, 2.0))
+    stats = {"observation_mean": np.full(5, 0.3), "observation_std": np.full(5, 2.0)}
+    agent = DecisionTransformer(config, spec, stats)
     for seed in range(steps):
         agent.update(random_window_batch(spec, context=config.context_len, seed=seed))
     agent.model.eval()
@@ -114,9 +115,15 @@ def test_policy_rejects_wrong_number_of_envs():
         policy.act(np.zeros((3, 5), dtype=np.float32))
 
 
-def test_config_rejects_unknown_inference_mode():
+def test_policy_options_reject_unknown_inference_mode_and_unknown_names():
     with pytest.raises(ValueError, match="inference must be"):
-        DTConfig(inference="fast")
+        DTPolicyOptions(inference="fast")
+    agent = _trained_agent(steps=0)
+    with pytest.raises(ValueError, match="inference must be"):
+        agent.policy(2, inference="fast")
+    with pytest.raises(ValueError, match=r"did you mean policy\.target_return"):
+        agent.policy(2, target_retrun=10.0)
+    assert agent.policy(2, target_return="1800").target_return == 1800.0  # converted
 
 
 def test_dt_learns_a_state_dependent_action_mapping():

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from seqrl.agents.examples import example_rollout as collect_synthetic_rollout
 from seqrl.agents.recurrent_ppo import RecurrentPPO, RecurrentPPOConfig
 from seqrl.buffers.rollout import compute_gae
-from seqrl.core import EnvSpec
+from seqrl.core import EnvSpec, RolloutSettings
 from seqrl.envs import evaluate
 from seqrl.train.online import OnlineConfig, train_online
-from tests.buffers.test_rollout import CONTINUOUS, DISCRETE, collect_synthetic_rollout
+from tests.buffers.test_rollout import CONTINUOUS, DISCRETE
 
 
 def _agent(backbone: str = "lstm", spec: EnvSpec = DISCRETE, **overrides) -> RecurrentPPO:
@@ -129,7 +130,7 @@ def test_value_head_predicts_in_units_of_the_running_return_statistics():
 
 def test_continuous_actions_stay_in_the_box_and_log_prob_refers_to_the_raw_sample():
     agent = _agent("lstm", CONTINUOUS, init_log_std=1.0)
-    policy = agent.policy(num_envs=64, deterministic=False)
+    policy = agent.policy(num_envs=64, explore=True)
     step = policy.act(np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32))
     high = torch.tensor(CONTINUOUS.action_high)
     assert (step.action.abs() <= high + 1e-6).all()
@@ -188,14 +189,14 @@ def test_lstm_agent_learns_a_short_tmaze_through_the_online_loop(tmp_path):
     torch.manual_seed(0)
     agent = _agent("lstm", width=32, chunk_len=8, lr=2e-3, ent_coef=0.0)
     config = OnlineConfig(
-        env_steps=16 * 32 * 30, num_envs=16, rollout_steps=32, eval_every=0, checkpoint_every=0
+        steps=16 * 32 * 30, num_envs=16, rollout_steps=32, eval_every=0, checkpoint_every=0
     )
     train_online(
         agent,
         "seqrl/TMaze-v0",
         tmp_path,
         config,
-        chunk_len=8,
+        rollout=RolloutSettings(chunk_len=8),
         env_kwargs={"corridor_length": 4},
         progress=False,
     )

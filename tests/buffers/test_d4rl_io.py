@@ -9,7 +9,13 @@ import h5py
 import numpy as np
 import pytest
 
-from seqrl.buffers import StoreMetadata, load_d4rl, load_d4rl_hdf5, load_dataset
+from seqrl.buffers import (
+    StoreMetadata,
+    load_d4rl,
+    load_d4rl_hdf5,
+    load_dataset,
+    write_d4rl_hdf5,
+)
 from tests.buffers.helpers import assert_same_arrays, random_store
 
 
@@ -40,7 +46,7 @@ def test_d4rl_hdf5_round_trip_preserves_every_array(tmp_path: Path) -> None:
     meta = StoreMetadata(env_id="Pendulum-v1", dataset_id="pend", ref_min_score=-1.5,
                          ref_max_score=2.5)  # fmt: skip
     store = random_store(seed=0, num_episodes=7, metadata=meta)
-    path = store.to_d4rl_hdf5(tmp_path / "data.hdf5")
+    path = write_d4rl_hdf5(store, tmp_path / "data.hdf5")
     loaded = load_d4rl_hdf5(path)
     assert_same_arrays(store, loaded)
     assert (loaded.metadata.env_id, loaded.metadata.dataset_id) == ("Pendulum-v1", "pend")
@@ -50,7 +56,7 @@ def test_d4rl_hdf5_round_trip_preserves_every_array(tmp_path: Path) -> None:
 
 def test_d4rl_hdf5_round_trip_with_discrete_actions(tmp_path: Path) -> None:
     store = random_store(seed=1, act_dim=None, num_actions=5)
-    assert_same_arrays(store, load_dataset(store.to_d4rl_hdf5(tmp_path / "d.h5")))
+    assert_same_arrays(store, load_dataset(write_d4rl_hdf5(store, tmp_path / "d.h5")))
 
 
 def test_d4rl_hdf5_splits_on_terminals_and_timeouts(tmp_path: Path) -> None:
@@ -130,10 +136,10 @@ def test_d4rl_hdf5_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_d4rl_hdf5_writer_refuses_to_overwrite(tmp_path: Path) -> None:
     store = random_store(seed=3)
-    path = store.to_d4rl_hdf5(tmp_path / "x.hdf5")
+    path = write_d4rl_hdf5(store, tmp_path / "x.hdf5")
     with pytest.raises(FileExistsError, match=r"already exists"):
-        store.to_d4rl_hdf5(path)
-    store.to_d4rl_hdf5(path, overwrite=True)
+        write_d4rl_hdf5(store, path)
+    write_d4rl_hdf5(store, path, overwrite=True)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("d4rl") is not None, reason="d4rl is installed")

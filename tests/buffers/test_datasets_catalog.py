@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from seqrl.buffers import StoreMetadata
+from seqrl.buffers import StoreMetadata, save_dataset
 from seqrl.datasets_catalog import dataset_report, datasets_table, list_datasets
 from tests.buffers.helpers import random_store
 
@@ -14,8 +14,8 @@ from tests.buffers.helpers import random_store
 @pytest.fixture
 def two_datasets(minari_root: Path, tmp_path: Path) -> tuple[Path, Path]:
     meta = StoreMetadata(ref_min_score=-10.0, ref_max_score=10.0)
-    random_store(seed=0, num_episodes=5, metadata=meta).to_minari("test/a/one-v0")
-    hdf5 = random_store(seed=1, num_episodes=3).to_d4rl_hdf5(tmp_path / "files" / "two.hdf5")
+    save_dataset(random_store(seed=0, num_episodes=5, metadata=meta), "test/a/one-v0")
+    hdf5 = save_dataset(random_store(seed=1, num_episodes=3), tmp_path / "files" / "two.hdf5")
     return minari_root, hdf5
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from seqrl.buffers import EpisodeStore, StoreMetadata
 from seqrl.buffers.episode_store import OBS_STD_FLOOR
+from seqrl.core import DataStats
 from tests.buffers.helpers import random_episodes, random_store
 
 
@@ -154,3 +155,47 @@ def test_store_summary_reports_sizes_returns_and_reference_scores() -> None:
     assert summary["terminated_episodes"] == int(
         store.terminations[store.episode_offsets[1:] - 1].sum()
     )
+
+
+def test_store_stats_give_ranges_of_observations_actions_rewards_and_returns() -> None:
+    episodes = [
+        {
+            "observations": np.array([[0.0, 5.0], [2.0, -1.0], [100.0, 100.0]], np.float32),
+            "actions": np.array([[0.5, -2.0], [-0.25, 3.0]], np.float32),
+            "rewards": np.array([1.0, 2.0]),
+            "terminations": np.array([False, True]),
+            "truncations": np.array([False, False]),
+        },
+        {
+            "observations": np.array([[-4.0, 1.0], [-100.0, -100.0]], np.float32),
+            "actions": np.array([[1.0, 0.0]], np.float32),
+            "rewards": np.array([-7.0]),
+            "terminations": np.array([False]),
+            "truncations": np.array([True]),
+        },
+    ]
+    store = EpisodeStore.from_episodes(episodes)
+    stats = store.stats()
+    assert set(stats) == {
+        "observation_mean", "observation_std", "observation_min", "observation_max",
+        "action_min", "action_max", "reward_min", "reward_max", "return_min", "return_max",
+    }  # fmt: skip
+    assert set(stats) == set(DataStats.__annotations__)  # what agents are built from
+    assert np.array_equal(stats["observation_mean"], store.observation_mean)
+    assert np.array_equal(stats["observation_std"], store.observation_std)
+    # Ranges over the steps' observations: the final observations (+-100) are not counted.
+    assert stats["observation_min"].tolist() == [-4.0, -1.0]
+    assert stats["observation_max"].tolist() == [2.0, 5.0]
+    assert stats["action_min"].tolist() == [-0.25, -2.0]
+    assert stats["action_max"].tolist() == [1.0, 3.0]
+    assert (stats["reward_min"], stats["reward_max"]) == (-7.0, 2.0)
+    assert (stats["return_min"], stats["return_max"]) == (-7.0, 3.0)
+    assert all(type(stats[key]) is float for key in ("reward_min", "return_max"))
+
+
+def test_store_stats_have_no_action_range_for_discrete_actions() -> None:
+    store = random_store(seed=3, act_dim=None, num_actions=4)
+    stats = store.stats()
+    assert stats["action_min"] is None and stats["action_max"] is None
+    assert stats["observation_min"].shape == store.observation_shape
+    assert stats["return_max"] == pytest.approx(store.episode_returns.max())

@@ -15,7 +15,7 @@ import minari
 import numpy as np
 import pytest
 
-from seqrl.buffers import StoreMetadata, load_dataset, load_minari
+from seqrl.buffers import StoreMetadata, load_dataset, load_minari, write_minari
 from tests.buffers.helpers import assert_same_arrays, random_store
 
 
@@ -32,7 +32,7 @@ from tests.buffers.helpers import assert_same_arrays, random_store
 )
 def test_minari_round_trip_preserves_every_array(minari_root: Path, kwargs: dict) -> None:
     store = random_store(seed=0, num_episodes=5, **kwargs)
-    path = store.to_minari("test/rt/data-v0")
+    path = write_minari(store, "test/rt/data-v0")
     assert path == minari_root / "test/rt/data-v0"
     loaded = load_minari("test/rt/data-v0")
     assert_same_arrays(store, loaded)
@@ -46,7 +46,7 @@ def test_minari_round_trip_keeps_env_and_reference_scores(minari_root: Path) -> 
         observation_space=env.observation_space, action_space=env.action_space,
     )  # fmt: skip
     store = random_store(seed=1, obs_shape=(3,), act_dim=1, metadata=meta)
-    store.to_minari("test/pend/meta-v0")
+    write_minari(store, "test/pend/meta-v0")
     loaded = load_dataset("test/pend/meta-v0")
     assert loaded.metadata.env_id == "Pendulum-v1"
     assert (loaded.metadata.ref_min_score, loaded.metadata.ref_max_score) == (-1200.0, -150.0)
@@ -57,7 +57,7 @@ def test_minari_round_trip_keeps_env_and_reference_scores(minari_root: Path) -> 
 
 def test_load_minari_by_folder_path(minari_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = random_store(seed=2)
-    folder = store.to_minari("test/path/data-v0")
+    folder = write_minari(store, "test/path/data-v0")
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root / "elsewhere"))
     assert_same_arrays(store, load_minari(folder))
     assert_same_arrays(store, load_minari(folder / "data"))
@@ -80,11 +80,11 @@ def test_malformed_minari_id_is_a_clear_error(minari_root: Path) -> None:
 
 def test_write_minari_refuses_an_existing_dataset(minari_root: Path) -> None:
     store = random_store(seed=3)
-    store.to_minari("test/dup/data-v0")
+    write_minari(store, "test/dup/data-v0")
     with pytest.raises(FileExistsError, match=r"already exists.*overwrite"):
-        store.to_minari("test/dup/data-v0")
+        write_minari(store, "test/dup/data-v0")
     other = random_store(seed=4)
-    other.to_minari("test/dup/data-v0", overwrite=True)
+    write_minari(other, "test/dup/data-v0", overwrite=True)
     assert_same_arrays(other, load_minari("test/dup/data-v0"))
 
 
@@ -92,8 +92,6 @@ def test_load_minari_rejects_data_that_does_not_match_its_spaces(minari_root: Pa
     store = random_store(seed=5, obs_shape=(3,))
     store.metadata.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(4,))
     store.metadata.action_space = gym.spaces.Box(-1, 1, shape=(2,))
-    from seqrl.buffers.minari_io import write_minari
-
     # write_minari does not re-validate; the mismatch is caught when loading
     write_minari(store, "test/bad/shape-v0")
     with pytest.raises(ValueError, match=r"shape-v0: field 'observations'.*\(3,\) does not match"):

@@ -6,42 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from seqrl.agents.examples import example_rollout as collect_synthetic_rollout
 from seqrl.agents.recurrent_ppo import RecurrentPPO, RecurrentPPOConfig
-from seqrl.buffers.rollout import MEMORY_PREFIX, Rollout, RolloutBuffer, compute_gae
+from seqrl.buffers.rollout import MEMORY_PREFIX, RolloutBuffer, compute_gae
 from seqrl.core import EnvSpec, PolicyStep
 
 DISCRETE = EnvSpec(obs_shape=(3,), action_dim=2, discrete=True)
 CONTINUOUS = EnvSpec(obs_shape=(4,), action_dim=2, action_low=(-1.0, -2.0), action_high=(1.0, 2.0))
-
-
-def collect_synthetic_rollout(
-    agent: RecurrentPPO,
-    num_envs: int = 3,
-    steps: int = 12,
-    chunk_len: int = 4,
-    seed: int = 0,
-    end_probability: float = 0.12,
-    record: list | None = None,
-) -> Rollout:
-    """A rollout of `agent`'s sampling policy on random observations with random terminations
-    and truncations (final observations random too). `record`, if given, receives per step
-    (obs, PolicyStep, final_obs, truncated) for tests that need what the policy saw."""
-    spec = agent.spec
-    rng = np.random.default_rng(seed)
-    policy = agent.policy(num_envs=num_envs, deterministic=False)
-    buffer = RolloutBuffer(num_envs, steps, chunk_len)
-    obs = rng.normal(size=(num_envs, *spec.obs_shape)).astype(np.float32)
-    for _ in range(steps):
-        step = policy.act(obs)
-        terminated = rng.random(num_envs) < end_probability
-        truncated = (rng.random(num_envs) < end_probability) & ~terminated
-        final = rng.normal(size=obs.shape).astype(np.float32)
-        if record is not None:
-            record.append((obs, step, final, truncated, policy.state))
-        buffer.add(obs, step, rng.normal(size=num_envs), terminated, truncated, final)
-        policy.reset(terminated | truncated)
-        obs = rng.normal(size=obs.shape).astype(np.float32)
-    return buffer.finish(obs)
 
 
 def python_gae(rewards, values, terminated, truncated, bootstrap, gamma, lam):

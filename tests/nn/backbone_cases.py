@@ -28,7 +28,10 @@ CASES: dict[str, Callable[[], nn.Module]] = {
     "xlstm": lambda: make_backbone(
         "xlstm", WIDTH, LAYERS, heads=2, slstm_at=(1,), chunk_size=2 * WINDOW
     ),
+    "mlp": lambda: make_backbone("mlp", WIDTH, LAYERS),
 }
+
+MEMORYLESS = frozenset({"mlp"})
 
 
 def build(case: str, seed: int = 0) -> nn.Module:

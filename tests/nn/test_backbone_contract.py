@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backbone_cases import CASES, WIDTH, WINDOW, build
+from backbone_cases import CASES, MEMORYLESS, WIDTH, WINDOW, build
 
 from seqrl.nn import BACKBONES
 
@@ -33,6 +33,11 @@ def padding() -> torch.Tensor:
     mask[1, 6:9] = False
     mask[2, -2:] = False
     return mask
+
+
+def skip_if_memoryless(case: str, reason: str) -> None:
+    if case in MEMORYLESS:
+        pytest.skip(f"{case} is memoryless (state {{}}): {reason}")
 
 
 def assert_states_close(a: dict, b: dict) -> None:
@@ -135,6 +140,7 @@ def test_every_parameter_receives_a_gradient(case: str, with_masks: bool) -> Non
 
 @torch.no_grad()
 def test_reset_state_touches_only_done_rows(case: str) -> None:
+    skip_if_memoryless(case, "it has no rows to reset, and a stepped state equals a fresh one")
     model, x = build(case), inputs()
     _, state = model.step(x[:, :5], model.initial_state(BATCH, x.device))
     before = {key: t.clone() for key, t in state.items()}
@@ -205,6 +211,9 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(case: str) -> None:
         model(x, mask=torch.ones(BATCH, LENGTH))  # float, not bool
     with pytest.raises(ValueError, match="episode_start"):
         model(x, episode_start=torch.zeros(BATCH, LENGTH + 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="done"):
+        model.reset_state(model.initial_state(BATCH), torch.ones(BATCH, 2, dtype=torch.bool))
+    skip_if_memoryless(case, "an empty state has no batch size to check the length of done against")
     with pytest.raises(ValueError, match="done"):
         model.reset_state(model.initial_state(BATCH), torch.ones(BATCH + 1, dtype=torch.bool))
 

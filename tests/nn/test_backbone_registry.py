@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from seqrl.nn import BACKBONES, GPT, XLSTM, GTrXL, RecurrentBackbone, make_backbone
+from seqrl.nn import BACKBONES, GPT, XLSTM, GTrXL, MLPBackbone, RecurrentBackbone, make_backbone
 
 
 def test_every_registered_name_builds_a_backbone_of_that_width() -> None:
@@ -14,6 +14,7 @@ def test_every_registered_name_builds_a_backbone_of_that_width() -> None:
         "lstm": RecurrentBackbone,
         "gru": RecurrentBackbone,
         "xlstm": XLSTM,
+        "mlp": MLPBackbone,
     }
     assert set(BACKBONES) == set(expected)
     for name in BACKBONES:
@@ -23,7 +24,7 @@ def test_every_registered_name_builds_a_backbone_of_that_width() -> None:
 
 
 def test_unknown_backbone_name_lists_the_valid_names() -> None:
-    with pytest.raises(ValueError, match="gpt, gtrxl, lstm, gru, xlstm"):
+    with pytest.raises(ValueError, match="gpt, gtrxl, lstm, gru, xlstm, mlp"):
         make_backbone("transformer", width=16, layers=1)
 
 
@@ -38,6 +39,8 @@ def test_shared_options_are_accepted_by_every_backbone() -> None:
         make_backbone(name, width=16, layers=2, heads=2, window=4, max_len=8, activation="silu")
     assert make_backbone("gpt", width=16, layers=1, activation="relu").config.activation == "relu"
     assert make_backbone("gtrxl", width=16, layers=1, activation="gelu").config.activation == "gelu"
+    assert make_backbone("mlp", width=16, layers=1).config.activation == "tanh"
+    assert make_backbone("mlp", width=16, layers=1, activation="relu").config.activation == "relu"
     with pytest.raises(ValueError, match="activation"):
         make_backbone("gpt", width=16, layers=1, activation="swishy")
 

@@ -3,6 +3,8 @@ observation, logs and checkpoints like the offline loop, resumes, and the run as
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import gymnasium as gym
@@ -11,20 +13,16 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from seqrl.agents import REGISTRY, AgentEntry
-from seqrl.agents.recurrent_ppo import RecurrentPPO, RecurrentPPOConfig
+from seqrl.agents.recurrent_ppo import RecurrentPPOAgent, RecurrentPPOConfig
 from seqrl.checkpoint import latest_checkpoint, load_checkpoint, load_config
-from seqrl.core import PolicyStep
+from seqrl.cli import main
+from seqrl.core import EnvSpec, PolicyStep, RolloutSettings
 from seqrl.train.logging import read_metrics
-from seqrl.train.online import (
-    OnlineConfig,
-    TrainOnlineArgs,
-    resolve_online_config,
-    run_train_online,
-    train_online,
-)
+from seqrl.train.online import OnlineConfig, train_online
+from seqrl.train.runs import resolve_config
 
 COUNTER_ID = "seqrl-test/Counter-v0"
+CHUNK_4 = RolloutSettings(chunk_len=4)
 
 
 class CounterEnv(gym.Env):
@@ -90,7 +88,7 @@ class SpyAgent:
         self.rollouts.append(rollout)
         return {"train/loss": 0.0}
 
-    def policy(self, num_envs: int = 1, deterministic: bool = True) -> SpyPolicy:
+    def policy(self, num_envs: int = 1, *, explore: bool = False, **options: Any) -> SpyPolicy:
         return SpyPolicy(num_envs, self.calls)
 
     def state_dict(self) -> dict[str, Any]:
@@ -101,7 +99,7 @@ class SpyAgent:
 
 
 def _config(**overrides: Any) -> OnlineConfig:
-    settings = {"env_steps": 3 * 12 * 2, "num_envs": 3, "rollout_steps": 12, "eval_every": 0}
+    settings = {"steps": 3 * 12 * 2, "num_envs": 3, "rollout_steps": 12, "eval_every": 0}
     settings.update(checkpoint_every=0, eval_episodes=2, eval_num_envs=2)
     settings.update(overrides)
     return OnlineConfig(**settings)
@@ -109,7 +107,7 @@ def _config(**overrides: Any) -> OnlineConfig:
 
 def test_online_loop_calls_nothing_but_reset_act_and_update(tmp_path):
     agent = SpyAgent()
-    train_online(agent, COUNTER_ID, tmp_path, _config(), chunk_len=4, progress=False)
+    train_online(agent, COUNTER_ID, tmp_path, _config(), rollout=CHUNK_4, progress=False)
     touched = set(agent.calls)
     # collection: reset/act; training: update; evaluation builds a policy; checkpoint: state
     assert touched == {
@@ -125,7 +123,7 @@ def test_online_loop_calls_nothing_but_reset_act_and_update(tmp_path):
 
 def test_rollout_holds_policy_info_memory_at_chunk_starts_and_true_final_observations(tmp_path):
     agent = SpyAgent()
-    train_online(agent, COUNTER_ID, tmp_path, _config(), chunk_len=4, progress=False)
+    train_online(agent, COUNTER_ID, tmp_path, _config(), rollout=CHUNK_4, progress=False)
     first, second = agent.rollouts
     for rollout in (first, second):
         assert rollout.terminated.any() and rollout.truncated.any()
@@ -151,8 +149,8 @@ def test_rollout_holds_policy_info_memory_at_chunk_starts_and_true_final_observa
 
 def test_loop_logs_episode_returns_steps_per_second_eval_and_checkpoints(tmp_path):
     agent = SpyAgent()
-    config = _config(env_steps=3 * 12 * 4, checkpoint_every=72, keep_checkpoints=5)
-    train_online(agent, COUNTER_ID, tmp_path, config, chunk_len=4, progress=False)
+    config = _config(steps=3 * 12 * 4, checkpoint_every=72, keep_checkpoints=5)
+    train_online(agent, COUNTER_ID, tmp_path, config, rollout=CHUNK_4, progress=False)
     records = read_metrics(tmp_path)
     train = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train] == [36, 72, 108, 144]
@@ -163,61 +161,89 @@ def test_loop_logs_episode_returns_steps_per_second_eval_and_checkpoints(tmp_pat
     assert steps == ["step_00000072", "step_00000144"]
 
 
-def test_interrupt_checkpoints_and_resume_continues_to_the_step_budget(tmp_path):
+def test_sigint_during_update_checkpoints_the_finished_update_and_resume_continues(tmp_path):
+    """Ctrl-C arrives while the agent updates: the update completes, the checkpoint holds its
+    weights under its own step count, and resume carries on from there to the budget."""
+    torch.manual_seed(0)
+    spec = EnvSpec(obs_shape=(2,), action_dim=2, discrete=True)
+    config = RecurrentPPOConfig(backbone="lstm", width=8, chunk_len=4, epochs=1)
+    agent = RecurrentPPOAgent(config, spec)
+    original = agent.update
+
+    def update(rollout):
+        if agent.updates == 1:  # during the second update
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(rollout)
+
+    agent.update = update  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        train_online(agent, COUNTER_ID, tmp_path, _config(steps=36 * 4), CHUNK_4, progress=False)
+    folder = latest_checkpoint(tmp_path)
+    assert folder.name == "step_00000072"  # two whole updates of 36 env steps
+    agent_state, loop_state = load_checkpoint(folder)
+    assert loop_state["step"] == 72 and agent_state["updates"] == 2
+    for key, value in agent.model.state_dict().items():
+        assert torch.equal(agent_state["model"][key], value), key
+    resumed = RecurrentPPOAgent(config, spec)
+    train_online(resumed, COUNTER_ID, tmp_path, _config(steps=36 * 4), CHUNK_4, resume=True,
+                 progress=False)  # fmt: skip
+    assert resumed.updates == 4 and resumed.env_steps == 144
+    assert [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r] == [36, 72, 108, 144]
+
+
+def test_immediate_interrupt_inside_update_keeps_only_complete_checkpoints(tmp_path):
+    """A KeyboardInterrupt raised inside `update` (a second Ctrl-C) writes nothing: the agent
+    may be half-updated. The last scheduled checkpoint stays, and resume continues from it."""
+
     class Interrupting(SpyAgent):
         def update(self, rollout):
             if len(self.rollouts) == 2:
                 raise KeyboardInterrupt
             return super().update(rollout)
 
+    config = _config(steps=36 * 4, checkpoint_every=36)
     with pytest.raises(KeyboardInterrupt):
-        train_online(Interrupting(), COUNTER_ID, tmp_path, _config(env_steps=36 * 4),
-                     chunk_len=4, progress=False)  # fmt: skip
+        train_online(Interrupting(), COUNTER_ID, tmp_path, config, CHUNK_4, progress=False)
     assert latest_checkpoint(tmp_path).name == "step_00000072"
     resumed = SpyAgent()
-    train_online(resumed, COUNTER_ID, tmp_path, _config(env_steps=36 * 4), chunk_len=4,
-                 resume=True, progress=False)  # fmt: skip
+    train_online(resumed, COUNTER_ID, tmp_path, config, CHUNK_4, resume=True, progress=False)
     assert len(resumed.rollouts) == 2
     assert [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r] == [36, 72, 108, 144]
 
 
-@pytest.fixture
-def registered(monkeypatch):
-    """The recurrent-ppo registry entry (also added by seqrl.agents once merged)."""
-    entry = AgentEntry("recurrent-ppo", RecurrentPPOConfig, RecurrentPPO, "rollout", "PPO")
-    monkeypatch.setitem(REGISTRY, "recurrent-ppo", REGISTRY.get("recurrent-ppo", entry))
-
-
-def test_run_train_online_writes_a_complete_run_and_resumes(tmp_path, registered):
+def test_cli_trains_an_online_run_refuses_to_overwrite_it_and_resumes(tmp_path, capsys):
     preset = tmp_path / "preset.yaml"
     preset.write_text(
         "env_id: seqrl/TMaze-v0\nenv_kwargs: {corridor_length: 3}\n"
         "agent: {width: 8, chunk_len: 4, memory: 4}\n"
         "train: {num_envs: 2, rollout_steps: 8, eval_episodes: 4, eval_num_envs: 2}\n"
     )
-    args = TrainOnlineArgs(
-        config=str(preset), backbone="gtrxl", steps=32, run_dir=str(tmp_path / "run"), seed=3
-    )
-    run_dir = run_train_online("recurrent-ppo", args, progress=False)
+    run_dir = tmp_path / "run"
+    args = ["train", "recurrent-ppo", "--config", str(preset), "--backbone", "gtrxl"]
+    args += ["--steps", "32", "--run-dir", str(run_dir), "--seed", "3"]
+    assert main(args) == 0
     config = load_config(run_dir)
     assert config["agent"]["backbone"] == "gtrxl" and config["seed"] == 3
     assert config["env_kwargs"] == {"corridor_length": 3}
-    assert config["spec"]["discrete"] and config["train"]["env_steps"] == 32
+    assert config["spec"]["discrete"] and config["train"]["steps"] == 32
     agent_state, loop_state = load_checkpoint(latest_checkpoint(run_dir))
     assert loop_state["step"] == 32 and "obs_mean" in agent_state["model"]
-    with pytest.raises(FileExistsError, match="--resume"):
-        run_train_online("recurrent-ppo", args, progress=False)
-    more = TrainOnlineArgs(resume=str(run_dir))
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
     config_file = run_dir / "config.yaml"
-    config_file.write_text(config_file.read_text().replace("env_steps: 32", "env_steps: 48"))
-    run_train_online("recurrent-ppo", more, progress=False)
+    config_file.write_text(config_file.read_text().replace("steps: 32", "steps: 48"))
+    assert main(["train", "recurrent-ppo", "--resume", str(run_dir)]) == 0
     assert latest_checkpoint(run_dir).name == "step_00000048"
+    assert main(["eval", str(run_dir), "--episodes", "2", "--num-envs", "2"]) == 0
+    assert "return" in capsys.readouterr().out
 
 
-def test_resolve_online_config_rejects_typos_and_missing_env(registered):
+def test_resolve_config_rejects_typos_and_missing_env_for_online_agents():
     with pytest.raises(ValueError, match=r"did you mean agent\.chunk_len"):
-        resolve_online_config("recurrent-ppo", "seqrl/TMaze-v0", None, ["agent.chunk_length=8"])
+        resolve_config("recurrent-ppo", None, None, ["agent.chunk_length=8"], "seqrl/TMaze-v0")
     with pytest.raises(ValueError, match="--env"):
-        resolve_online_config("recurrent-ppo", None, None, [])
+        resolve_config("recurrent-ppo", None, None, [])
     with pytest.raises(ValueError, match="backbone"):
-        resolve_online_config("recurrent-ppo", "seqrl/TMaze-v0", None, ["agent.backbone=gpt2"])
+        resolve_config("recurrent-ppo", None, None, ["agent.backbone=gpt2"], "seqrl/TMaze-v0")
+    with pytest.raises(ValueError, match=r"unknown setting policy\.target_return"):
+        resolve_config("recurrent-ppo", None, None, ["policy.target_return=1"], "seqrl/TMaze-v0")

@@ -10,12 +10,10 @@ import pytest
 import torch
 
 from seqrl.agents.dt import DecisionTransformer
-from seqrl.buffers import StoreMetadata
 from seqrl.checkpoint import latest_checkpoint, load_config, load_model_weights
 from seqrl.cli import main
 from seqrl.export import load_policy
-from seqrl.train.runs import resolve_config, train_offline_run
-from tests.buffers.helpers import random_episodes
+from seqrl.train.runs import resolve_config, train_run
 
 TINY = [
     "agent.width=16",
@@ -24,28 +22,13 @@ TINY = [
     "agent.context_len=4",
     "agent.batch_size=8",
     "agent.warmup_steps=2",
-    "agent.target_return=-100",
+    "policy.target_return=-100",
     "train.log_every=2",
     "train.eval_every=0",
     "train.eval_episodes=2",
     "train.eval_num_envs=2",
     "train.checkpoint_every=3",
 ]
-
-
-@pytest.fixture
-def pendulum_dataset(tmp_path):
-    """A small Pendulum-v1 dataset in D4RL layout (random data: shapes matter, not quality)."""
-    from seqrl.buffers import EpisodeStore
-
-    rng = np.random.default_rng(0)
-    episodes = random_episodes(rng, [15, 9, 12, 20], obs_shape=(3,), act_dim=1)
-    for episode in episodes:
-        episode["actions"] *= 2.0  # Pendulum's Box(-2, 2)
-    meta = StoreMetadata(env_id="Pendulum-v1", dataset_id="tiny-pendulum")
-    path = tmp_path / "tiny-pendulum.hdf5"
-    EpisodeStore.from_episodes(episodes, meta).to_d4rl_hdf5(path)
-    return path
 
 
 def _interrupting_update(at: int):
@@ -64,14 +47,14 @@ def test_dt_run_stopped_and_resumed_ends_with_identical_weights(
     pendulum_dataset, tmp_path, monkeypatch
 ):
     config = resolve_config("dt", str(pendulum_dataset), None, [*TINY, "train.steps=10"])
-    train_offline_run(tmp_path / "full", config, progress=False)
+    train_run(tmp_path / "full", config, progress=False)
     monkeypatch.setattr(DecisionTransformer, "update", _interrupting_update(4))
     with pytest.raises(KeyboardInterrupt):
-        train_offline_run(tmp_path / "split", config, progress=False)
+        train_run(tmp_path / "split", config, progress=False)
     assert latest_checkpoint(tmp_path / "split").name == "step_00000004"
     monkeypatch.undo()
     torch.manual_seed(1234)  # global RNG state at resume time must not matter
-    train_offline_run(tmp_path / "split", resume=True, progress=False)
+    train_run(tmp_path / "split", resume=True, progress=False)
     full = load_model_weights(latest_checkpoint(tmp_path / "full"))
     split = load_model_weights(latest_checkpoint(tmp_path / "split"))
     assert latest_checkpoint(tmp_path / "split").name == "step_00000010"
@@ -81,9 +64,9 @@ def test_dt_run_stopped_and_resumed_ends_with_identical_weights(
 
 def test_new_run_refuses_to_overwrite_an_existing_one(pendulum_dataset, tmp_path):
     config = resolve_config("dt", str(pendulum_dataset), None, [*TINY, "train.steps=2"])
-    train_offline_run(tmp_path / "run", config, progress=False)
+    train_run(tmp_path / "run", config, progress=False)
     with pytest.raises(FileExistsError, match="--resume"):
-        train_offline_run(tmp_path / "run", config, progress=False)
+        train_run(tmp_path / "run", config, progress=False)
 
 
 def test_cli_train_eval_plot_and_load_policy(pendulum_dataset, tmp_path, capsys):
@@ -94,14 +77,16 @@ def test_cli_train_eval_plot_and_load_policy(pendulum_dataset, tmp_path, capsys)
     config = load_config(run_dir)
     assert config["env_id"] == "Pendulum-v1" and config["spec"]["action_high"] == [2.0]
     assert config["agent"]["width"] == 16 and config["train"]["steps"] == 4
+    assert config["policy"] == {"target_return": -100.0, "inference": "window"}
     assert (run_dir / "tb").is_dir() and (run_dir / "metrics.jsonl").is_file()
 
-    assert (
-        main(["eval", str(run_dir), "--episodes", "3", "--num-envs", "2", "--target-return", "-50"])
-        == 0
-    )
+    evaluation = ["eval", str(run_dir), "--episodes", "3", "--num-envs", "2"]
+    assert main([*evaluation, "--policy", "target_return=-50", "--policy", "inference=cache"]) == 0
     out = capsys.readouterr().out
     assert "episodes" in out and "| 3 |" in out
+    assert main([*evaluation, "--policy", "target_retrun=-50"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown setting policy.target_retrun (did you mean policy.target_return?)" in err
 
     assert main(["plot", str(run_dir)]) == 0
     assert (run_dir / "curves.png").stat().st_size > 1000
@@ -128,4 +113,4 @@ def test_cli_reports_config_typos_in_one_line(pendulum_dataset, tmp_path, capsys
 def test_dataset_spaces_must_match_the_eval_env(pendulum_dataset, tmp_path):
     config = resolve_config("dt", str(pendulum_dataset), None, [*TINY, "env_id=Hopper-v5"])
     with pytest.raises(ValueError, match="Hopper-v5"):
-        train_offline_run(tmp_path / "run", config, progress=False)
+        train_run(tmp_path / "run", config, progress=False)
