@@ -8,7 +8,8 @@ naming scheme: `<Name>Config`, `<Name>Agent`, `<Name>Policy`, `<Name>PolicyOptio
 
 from __future__ import annotations
 
-from seqrl.agents import dt, recurrent_ppo
+from seqrl.agents import bc, dt, recurrent_ppo
+from seqrl.agents.bc import BCAgent, BCConfig, BCPolicy, BCPolicyOptions
 from seqrl.agents.dt import DecisionTransformer, DTAgent, DTConfig, DTPolicy, DTPolicyOptions
 from seqrl.agents.recurrent_ppo import (
     RecurrentPPO,
@@ -24,6 +25,7 @@ REGISTRY: dict[str, AgentEntry] = {
     for entry in (
         dt.ENTRY,
         recurrent_ppo.ENTRY,
+        bc.ENTRY,
     )
 }
 
@@ -38,6 +40,10 @@ def get_agent_entry(name: str) -> AgentEntry:
 __all__ = [
     "REGISTRY",
     "AgentEntry",
+    "BCAgent",
+    "BCConfig",
+    "BCPolicy",
+    "BCPolicyOptions",
     "DTAgent",
     "DTConfig",
     "DTPolicy",

@@ -1,0 +1,335 @@
+"""Recurrent behaviour cloning: imitate the dataset's actions from the observation history.
+
+Behaviour cloning (Pomerleau 1989) with a sequence backbone, as robomimic's BC-RNN and the
+sequence BC baselines of the Decision Transformer paper: windows of K consecutive observations
+are embedded (plus a learned timestep embedding), read by any seqrl backbone by name (gpt, gtrxl,
+lstm, gru, xlstm, mlp) and a head predicts the action at every step:
+
+```
+  token      s_1   s_2   ...   s_K        (normalized observation + timestep embedding)
+  backbone    |     |           |         causal: a_t^ sees s_1..s_t of the window
+  head       a_1^  a_2^  ...   a_K^       loss on every real (unpadded) step
+```
+
+Heads: `deterministic` (tanh in [-1, 1] model units, MSE) or `gaussian` (tanh mean and a
+state-dependent log std, negative log-likelihood; acting takes the mean, or samples with
+`explore=True`). Discrete actions always get a categorical head (cross-entropy; argmax, or a sample
+with `explore=True`).
+
+Inference (`policy(..., inference=...)`):
+- `"step"` (default): one token per env step through the backbone's incremental `step`, O(1)
+  (recurrent) or O(window) per step. Exactly the parallel forward over the whole episode so far
+  (tested), so for the recurrent backbones the memory spans the episode, not just K steps.
+- `"window"`: recompute the last K steps from a fresh state at every step: exactly the function
+  trained on K-step windows, at K times the cost.
+
+What differs from robomimic's BC-RNN: no GMM head, and no periodic hidden-state reset (robomimic
+resets every `rnn_horizon` steps); `inference="window"` is the exact-training-function option.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqrl.agents.examples import example_window_batch
+from seqrl.agents.registry import AgentEntry, policy_options
+from seqrl.core import (
+    DataStats,
+    EnvSpec,
+    Loop,
+    PolicyStep,
+    WindowBatch,
+    check_num_envs,
+    env_rows,
+)
+from seqrl.nn import make_backbone
+from seqrl.nn.heads import ActionScaling
+from seqrl.nn.optim import WarmupAdamW
+
+HEADS = ("deterministic", "gaussian")
+LOG_STD_RANGE = (-5.0, 2.0)
+
+
+@dataclass
+class BCConfig:
+    """Recurrent behaviour-cloning settings."""
+
+    backbone: str = "lstm"
+    """Sequence backbone: gpt | gtrxl | lstm | gru | xlstm | mlp."""
+    head: str = "deterministic"
+    """Continuous actions: "deterministic" (MSE) or "gaussian" (NLL). Discrete: categorical."""
+    context_len: int = 20
+    """K: timesteps per training window (and per inference window in `inference="window"`)."""
+    width: int = 128
+    """Embedding width D."""
+    layers: int = 3
+    """Backbone layers."""
+    heads: int = 1
+    """Attention heads (gpt, gtrxl) / cell heads (xlstm)."""
+    dropout: float = 0.1
+    """Dropout in the embedding and the backbone."""
+    attention_window: int | None = None
+    """gpt: sliding attention window in steps (None: full causal over `max_timestep` steps);
+    gtrxl: its memory (None: `max_timestep`)."""
+    max_timestep: int = 1000
+    """Size of the timestep embedding (later steps use the last entry) and of a full-causal
+    attention cache."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up, in updates."""
+    grad_clip: float = 0.25
+    """Max global gradient norm."""
+    batch_size: int = 64
+    """Windows per update."""
+    device: str = "cpu"
+    """Torch device for training and inference."""
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"agent.head must be one of {', '.join(HEADS)}; got {self.head!r}")
+        for name in ("context_len", "width", "layers", "max_timestep", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class BCPolicyOptions:
+    """Options of a BC policy (`--policy inference=window`)."""
+
+    inference: str = "step"
+    """"step": incremental, state over the whole episode; "window": recompute the last K
+    steps (the trained window function)."""
+
+    def __post_init__(self) -> None:
+        if self.inference not in ("step", "window"):
+            raise ValueError(f"policy.inference must be 'step' or 'window', got {self.inference!r}")
+
+
+class BCModel(nn.Module):
+    """Observation normalization + embeddings + backbone + action head."""
+
+    def __init__(self, config: BCConfig, spec: EnvSpec, stats: DataStats | None = None) -> None:
+        super().__init__()
+        self.config, self.spec = config, spec
+        self.obs_dim = int(np.prod(spec.obs_shape)) if spec.obs_shape else 1
+        stats = stats or {}
+        mean = stats.get("observation_mean", np.zeros(self.obs_dim))
+        std = stats.get("observation_std", np.ones(self.obs_dim))
+        self.register_buffer("obs_mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1))
+        self.register_buffer("obs_std", torch.as_tensor(std, dtype=torch.float32).reshape(-1))
+        width = config.width
+        self.embed_state = nn.Linear(self.obs_dim, width)
+        self.embed_timestep = nn.Embedding(config.max_timestep, width)
+        self.embed_ln = nn.LayerNorm(width)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.backbone = make_backbone(
+            config.backbone,
+            width=width,
+            layers=config.layers,
+            heads=config.heads,
+            dropout=config.dropout,
+            window=config.attention_window,
+            max_len=config.max_timestep,
+        )
+        gaussian = config.head == "gaussian" and not spec.discrete
+        self.action_head = nn.Linear(width, spec.action_dim * (2 if gaussian else 1))
+        if not spec.discrete:
+            self.action_scaling = ActionScaling(spec.action_dim, spec.action_low, spec.action_high)
+        nn.init.normal_(self.embed_timestep.weight, std=0.02)
+
+    def tokens(self, observations: Tensor, timesteps: Tensor) -> Tensor:
+        """(B, T, *obs_shape) raw observations, (B, T) timesteps -> tokens (B, T, D)."""
+        batch, time = timesteps.shape
+        obs = observations.reshape(batch, time, self.obs_dim).float()
+        obs = (obs - self.obs_mean) / self.obs_std
+        steps = timesteps.clamp(0, self.config.max_timestep - 1)
+        tokens = self.embed_state(obs) + self.embed_timestep(steps)
+        return self.embed_dropout(self.embed_ln(tokens))
+
+    def head(self, hidden: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(mean in model units, or logits; log std for the Gaussian head else None)."""
+        out = self.action_head(hidden)
+        if self.spec.discrete:
+            return out, None
+        if out.shape[-1] == self.spec.action_dim:
+            return torch.tanh(out), None
+        mean, log_std = out.chunk(2, dim=-1)
+        return torch.tanh(mean), log_std.clamp(*LOG_STD_RANGE)
+
+    def forward(
+        self, observations: Tensor, timesteps: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Parallel face: heads at every step (B, T, A) from a fresh state."""
+        hidden, _ = self.backbone(
+            self.tokens(observations, timesteps), mask=mask, return_state=False
+        )
+        return self.head(hidden)
+
+    def act(self, prediction: Tensor, log_std: Tensor | None, explore: bool) -> Tensor:
+        """Head output (N, A) -> env action (N, *act_shape)."""
+        if self.spec.discrete:
+            if explore:
+                return torch.multinomial(torch.softmax(prediction, -1), 1).squeeze(-1)
+            return prediction.argmax(-1)
+        if explore and log_std is not None:
+            prediction = prediction + log_std.exp() * torch.randn_like(prediction)
+        return self.action_scaling.to_env(prediction, clip=True)
+
+
+def bc_loss(model: BCModel, batch: WindowBatch) -> tuple[Tensor, dict[str, float]]:
+    """Masked cross-entropy (discrete), MSE (deterministic) or Gaussian NLL, in model units."""
+    prediction, log_std = model(batch.observations, batch.timesteps, batch.mask)  # (B, K, A)
+    valid = batch.mask
+    if model.spec.discrete:
+        target = batch.actions.long()[valid]
+        loss = F.cross_entropy(prediction[valid], target)
+        accuracy = (prediction[valid].argmax(-1) == target).float().mean()
+        return loss, {"train/loss": loss.item(), "train/action_accuracy": accuracy.item()}
+    target = model.action_scaling.to_model(batch.actions.float())[valid]  # (V, A)
+    mean = prediction[valid]
+    mse = F.mse_loss(mean, target)
+    if log_std is None:
+        return mse, {"train/loss": mse.item()}
+    std_log = log_std[valid]
+    nll = (0.5 * ((target - mean) / std_log.exp()) ** 2 + std_log).sum(-1).mean()
+    nll = nll + 0.5 * math.log(2 * math.pi) * model.spec.action_dim
+    metrics = {"train/loss": nll.item(), "train/mse": mse.item()}
+    metrics["train/std_mean"] = std_log.exp().mean().item()
+    return nll, metrics
+
+
+class BCAgent:
+    """The BC agent: model, AdamW with linear warm-up, `update(WindowBatch)`, `policy()`."""
+
+    def __init__(self, config: BCConfig, spec: EnvSpec, stats: DataStats | None = None) -> None:
+        self.config, self.spec = config, spec
+        self.device = torch.device(config.device)
+        self.model = BCModel(config, spec, stats).to(self.device)
+        self.optim = WarmupAdamW(
+            self.model.parameters(),
+            config.lr,
+            config.weight_decay,
+            config.warmup_steps,
+            config.grad_clip,
+        )
+
+    def update(self, batch: WindowBatch) -> dict[str, float]:
+        self.model.train()
+        loss, metrics = bc_loss(self.model, batch.to(self.device))
+        metrics["train/grad_norm"], metrics["train/lr"] = self.optim.step(loss)
+        return metrics
+
+    def policy(self, num_envs: int = 1, *, explore: bool = False, **options: Any) -> BCPolicy:
+        """A batched policy; `explore` samples from the Gaussian / categorical head."""
+        chosen = policy_options(BCPolicyOptions, options)
+        return BCPolicy(self.model, num_envs, explore, chosen.inference)
+
+    @property
+    def updates(self) -> int:
+        """Gradient updates so far."""
+        return self.optim.updates
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), **self.optim.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optim.load_state_dict(state)
+
+
+class BCPolicy:
+    """Batched BC rollouts over N envs: per-env timestep and backbone state (or window)."""
+
+    def __init__(
+        self, model: BCModel, num_envs: int, explore: bool = False, inference: str = "step"
+    ) -> None:
+        self.model, self.num_envs, self.explore = model, num_envs, explore
+        self.inference = inference
+        self.device = next(model.parameters()).device
+        n, k, dev = num_envs, model.config.context_len, self.device
+        self.timestep = torch.zeros(n, dtype=torch.long, device=dev)  # (N,)
+        self.state = model.backbone.initial_state(n, dev) if inference == "step" else None
+        self.obs_context = torch.zeros((n, k, *model.spec.obs_shape), device=dev)  # (N, K, *obs)
+        self.time_context = torch.zeros((n, k), dtype=torch.long, device=dev)  # (N, K)
+        self.valid = torch.zeros(n, dtype=torch.long, device=dev)  # (N,) steps in the window
+
+    def reset(self, done: np.ndarray | Tensor | None = None) -> None:
+        rows = env_rows(done, self.num_envs, self.device)
+        self.timestep[rows] = 0
+        self.valid[rows] = 0
+        self.obs_context[rows] = 0
+        self.time_context[rows] = 0
+        if self.state is not None:
+            self.state = self.model.backbone.reset_state(self.state, rows)
+
+    @torch.no_grad()
+    def act(
+        self, obs: np.ndarray | Tensor, reward: np.ndarray | Tensor | None = None
+    ) -> PolicyStep:
+        """`reward` is accepted for the common signature and unused."""
+        obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
+        check_num_envs("BCPolicy", self.num_envs, obs_t)
+        was_training = self.model.training
+        self.model.eval()
+        if self.inference == "step":
+            tokens = self.model.tokens(obs_t[:, None], self.timestep[:, None])  # (N, 1, D)
+            hidden, self.state = self.model.backbone.step(tokens, self.state)
+            prediction, log_std = self.model.head(hidden[:, -1])
+        else:
+            prediction, log_std = self._act_window(obs_t)
+        self.model.train(was_training)
+        self.timestep += 1
+        self.last_prediction = prediction  # (N, A) model units / logits, for tests
+        return PolicyStep(action=self.model.act(prediction, log_std, self.explore))
+
+    def _act_window(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Left-padded last K steps, recomputed from a fresh state."""
+        k = self.model.config.context_len
+        self.obs_context.copy_(torch.roll(self.obs_context, shifts=-1, dims=1))
+        self.time_context.copy_(torch.roll(self.time_context, shifts=-1, dims=1))
+        self.obs_context[:, -1] = obs
+        self.time_context[:, -1] = self.timestep
+        self.valid = (self.valid + 1).clamp(max=k)
+        positions = torch.arange(k, device=self.device)
+        mask = positions[None, :] >= (k - self.valid)[:, None]  # (N, K)
+        prediction, log_std = self.model(self.obs_context, self.time_context, mask)
+        return prediction[:, -1], None if log_std is None else log_std[:, -1]
+
+
+def make_sampler(config: BCConfig, store: Any, seed: int) -> Any:
+    """Windows of `context_len` steps (returns-to-go unused)."""
+    from seqrl.buffers.samplers import WindowSampler
+
+    return WindowSampler(
+        store,
+        context_len=config.context_len,
+        batch_size=config.batch_size,
+        seed=seed,
+        max_timestep=config.max_timestep - 1,
+    )
+
+
+ENTRY = AgentEntry(
+    name="bc",
+    summary="recurrent behaviour cloning over any backbone on a trajectory dataset",
+    loop=Loop.OFFLINE,
+    config_cls=BCConfig,
+    agent_cls=BCAgent,
+    policy_cls=BCPolicy,
+    options_cls=BCPolicyOptions,
+    tiny_config={"backbone": "gru", "width": 16, "layers": 2, "context_len": 6, "head": "gaussian"},
+    example_batch=lambda agent, seed: example_window_batch(
+        agent.spec, context=agent.config.context_len, seed=seed
+    ),
+    make_sampler=make_sampler,
+)
