@@ -7,9 +7,9 @@ padded to K early in the episode, costs the same at every t).
 
 Expected shape of the result: the ring-buffered GPT cache costs O(window) per step and stays
 flat in t; LSTM / GRU / xLSTM stay flat in t; recomputing the window is several times slower
-than the cache at B=64. The full-causal GPT cache has a fixed shape (B, max_len, H, Dh), so on
-the SDPA path it pays for max_len at every t (flash-attn's kernel on a GPU reads only the
-filled part).
+than the cache at B=64. The full-causal GPT cache has a fixed shape (B, H, max_len, Dh) but
+attends over its filled prefix only, so its step grows with t (O(t), as flash-attn's kernel on a
+GPU); GTrXL keeps its memory's keys and values, so a step projects only the new token.
 
     OMP_NUM_THREADS=1 python experiments/bench_backbones.py --threads 1
 

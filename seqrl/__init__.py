@@ -26,7 +26,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_policy": "seqrl.export",
     "load_agent": "seqrl.export",
+    "load_exported": "seqrl.runtime",
     "evaluate": "seqrl.envs.evaluate",
+    "reference_scores_for": "seqrl.envs.scores",
     "load_dataset": "seqrl.buffers",
     "save_dataset": "seqrl.buffers",
     "make_backbone": "seqrl.nn",
@@ -54,8 +56,10 @@ __all__ = [
     "evaluate",
     "load_agent",
     "load_dataset",
+    "load_exported",
     "load_policy",
     "make_backbone",
+    "reference_scores_for",
     "save_dataset",
 ]
 
@@ -73,8 +77,10 @@ if TYPE_CHECKING:
         WindowBatch,
     )
     from seqrl.envs.evaluate import evaluate
+    from seqrl.envs.scores import reference_scores_for
     from seqrl.export import load_agent, load_policy
     from seqrl.nn import make_backbone
+    from seqrl.runtime import load_exported
 
 
 def __getattr__(name: str) -> Any:

@@ -3,10 +3,14 @@
     seqrl collect --env Hopper-v5 --policy sb3/hopper-ppo-medium.zip --episodes 100 \\
         --out seqrl/hopper/medium-v0
 
-`--policy` is `random`, a Stable-Baselines3 `.zip` (its `<stem>-vecnormalize.pkl` or
-`vecnormalize.pkl` beside it is applied to observations, as SB3 does at training time), or a
-seqrl run directory (`seqrl.export.load_policy`). `--train-sb3 ppo|sac --steps N` first trains an
-SB3 agent with default hyperparameters and keeps its checkpoint, then records with it. `--out` is
+`--policy` is `random`, a Stable-Baselines3 `.zip` (its `<stem>-obsrms.npz` beside it, the
+VecNormalize observation statistics as NumPy arrays, is applied to observations as SB3 does at
+training time), or a seqrl run directory (`seqrl.export.load_policy`). `--train-sb3 ppo|sac --steps N` first trains an
+SB3 agent with default hyperparameters and keeps its checkpoint, then records with it.
+
+Nothing is unpickled unless `--allow-pickle` is passed: SB3's `.zip` cloudpickles some entries
+(policy class, spaces, schedules), which are replaced by safe equivalents on loading, and a
+`vecnormalize.pkl` beside the model is refused (use the `.npz`), since a pickle can run code. `--out` is
 a Minari id (written under `$MINARI_DATASETS_PATH` or `~/.minari/datasets`), a Minari folder
 (`./data/name-v0`), or a path ending in `.hdf5` / `.h5` (D4RL layout): the forms of
 `seqrl.buffers.save_dataset`.
@@ -70,27 +74,50 @@ class CollectResult:
 # ---------------------------------------------------------------------------------------- policies
 
 
-def find_vecnormalize(model_path: str | Path) -> Path | None:
-    """`<stem>-vecnormalize.pkl` or `vecnormalize.pkl` next to an SB3 `.zip`, if present."""
+OBS_STATS_SUFFIX = "-obsrms.npz"
+"""`<stem>-obsrms.npz` beside an SB3 `.zip`: VecNormalize's observation statistics as NumPy
+arrays (`mean`, `var`; optional `clip_obs`, `epsilon`), read without unpickling."""
+
+
+def find_obs_stats(model_path: str | Path, allow_pickle: bool = False) -> Path | None:
+    """The observation statistics beside an SB3 `.zip`: `<stem>-obsrms.npz`, else (only with
+    `allow_pickle`) `<stem>-vecnormalize.pkl` or `vecnormalize.pkl`. A pickle found without
+    `allow_pickle` is an error rather than silently ignored (the policy would act on raw
+    observations)."""
     model_path = Path(model_path)
+    npz = model_path.with_name(model_path.stem + OBS_STATS_SUFFIX)
+    if npz.is_file():
+        return npz
     for candidate in (
         model_path.with_name(f"{model_path.stem}-vecnormalize.pkl"),
         model_path.with_name("vecnormalize.pkl"),
     ):
         if candidate.is_file():
-            return candidate
+            if allow_pickle:
+                return candidate
+            raise ValueError(
+                f"{candidate}: VecNormalize statistics as a pickle, which can run code when "
+                f"loaded. Fix: save them as {npz.name} (numpy.savez with mean=obs_rms.mean, "
+                "var=obs_rms.var), or pass --allow-pickle if you trust the file"
+            )
     return None
 
 
-def _sb3_algorithm_class(model_path: Path) -> Any:
-    """The SB3 algorithm class that saved `model_path`, from the policy class it records."""
+def _sb3_data(model_path: Path) -> dict[str, Any]:
     import json
     import zipfile
 
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            return json.loads(archive.read("data"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+        raise ValueError(f"{model_path}: not an SB3 model file ({err})") from None
+
+
+def _sb3_algorithm_class(model_path: Path, data: dict[str, Any]) -> Any:
+    """The SB3 algorithm class that saved `model_path`, from the policy class it records."""
     import stable_baselines3 as sb3
 
-    with zipfile.ZipFile(model_path) as archive:
-        data = json.loads(archive.read("data"))
     module = data.get("policy_class", {}).get("__module__", "")
     by_module = {
         "stable_baselines3.sac": sb3.SAC,
@@ -112,17 +139,72 @@ def _sb3_algorithm_class(model_path: Path) -> Any:
     )
 
 
-def load_sb3_policy(model_path: str | Path, env_id: str, deterministic: bool = True) -> Policy:
-    """An SB3 `.zip` as a seqrl `Policy`, with its VecNormalize observation statistics if any."""
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+def _unpickled_replacements(
+    model_path: Path, data: dict[str, Any], env: Any, algorithm: Any
+) -> dict[str, Any]:
+    """SB3 `custom_objects` for every cloudpickled entry of the model's `data`, so that loading
+    it unpickles nothing: the policy class by its recorded module and name (SB3's own modules
+    only), the env's spaces (checked against the recorded shapes), and for the rest (what only
+    training uses: schedules, buffers, train frequency) the algorithm's defaults."""
+    import importlib
+    import re
 
+    objects: dict[str, Any] = {}
+    defaults = None
+    for key, value in data.items():
+        if not (isinstance(value, dict) and ":serialized:" in value):
+            continue
+        if key == "policy_class":
+            module = str(value.get("__module__", ""))
+            name = re.search(r"<function (\w+)\.__init__", str(value.get("__init__", "")))
+            if name is None or not module.startswith(("stable_baselines3.", "sb3_contrib.")):
+                raise ValueError(
+                    f"{model_path}: policy class from {module!r} is not one of SB3's. Fix: "
+                    "pass --allow-pickle if you trust the file"
+                )
+            objects[key] = getattr(importlib.import_module(module), name.group(1))
+        elif key in ("observation_space", "action_space"):
+            space = getattr(env, key)
+            recorded = [int(n) for n in re.findall(r"\d+", str(value.get("_shape", "")))]
+            if recorded != list(space.shape or ()):
+                raise ValueError(
+                    f"{model_path}: field '{key}': the model was trained with shape "
+                    f"{recorded}, but the env has {space}. Fix: pass the env the model was "
+                    "trained on"
+                )
+            objects[key] = space
+        elif key == "lr_schedule":
+            objects[key] = _zero_schedule
+        else:
+            if defaults is None:  # an unbuilt instance: no networks, no replay buffer
+                policy = objects.get("policy_class", "MlpPolicy")
+                defaults = algorithm(policy, None, device="cpu", _init_setup_model=False)
+            objects[key] = getattr(defaults, key, None)
+    return objects
+
+
+def _zero_schedule(progress: float) -> float:
+    return 0.0
+
+
+def load_sb3_policy(
+    model_path: str | Path, env_id: str, deterministic: bool = True, allow_pickle: bool = False
+) -> Policy:
+    """An SB3 `.zip` as a seqrl `Policy`, with its observation statistics if any.
+
+    Nothing is unpickled unless `allow_pickle`: the model's cloudpickled entries are replaced
+    (`_unpickled_replacements`; SB3 reads the weights with `torch.load(weights_only=True)`) and
+    the statistics come from `<stem>-obsrms.npz`."""
     from seqrl.envs import CallablePolicy, make_env
 
     model_path = Path(model_path).expanduser()
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: no such SB3 model file. Fix: check the path")
-    model = _sb3_algorithm_class(model_path).load(model_path, device="cpu")
+    data = _sb3_data(model_path)
     env = make_env(env_id)
+    algorithm = _sb3_algorithm_class(model_path, data)
+    custom = None if allow_pickle else _unpickled_replacements(model_path, data, env, algorithm)
+    model = algorithm.load(model_path, device="cpu", custom_objects=custom)
     for name, model_space, env_space in (
         ("observation", model.observation_space, env.observation_space),
         ("action", model.action_space, env.action_space),
@@ -132,23 +214,44 @@ def load_sb3_policy(model_path: str | Path, env_id: str, deterministic: bool = T
                 f"{model_path}: field '{name}_space': the model was trained on {model_space}, "
                 f"but {env_id} has {env_space}. Fix: pass the env the model was trained on"
             )
-    normalizer = None
-    stats_path = find_vecnormalize(model_path)
-    if stats_path is not None:
-        normalizer = VecNormalize.load(str(stats_path), DummyVecEnv([lambda: env]))
-        normalizer.training = False
-        normalizer.norm_reward = False
+    normalize = _obs_normalizer(find_obs_stats(model_path, allow_pickle), env)
 
     def act(obs: np.ndarray) -> np.ndarray:
-        if normalizer is not None:
-            obs = normalizer.normalize_obs(obs)
-        return model.predict(obs, deterministic=deterministic)[0]
+        return model.predict(normalize(obs), deterministic=deterministic)[0]
 
     return CallablePolicy(act)
 
 
+def _obs_normalizer(stats_path: Path | None, env: Any) -> Any:
+    """VecNormalize's observation transform, from an `.npz` (or a trusted `.pkl`)."""
+    if stats_path is None:
+        return lambda obs: obs
+    if stats_path.suffix == ".pkl":
+        from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+        normalizer = VecNormalize.load(str(stats_path), DummyVecEnv([lambda: env]))
+        normalizer.training = False
+        return normalizer.normalize_obs
+    try:
+        with np.load(stats_path, allow_pickle=False) as stats:
+            mean, var = stats["mean"], stats["var"]
+            clip = float(stats["clip_obs"]) if "clip_obs" in stats else 10.0  # SB3's defaults
+            epsilon = float(stats["epsilon"]) if "epsilon" in stats else 1e-8
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(
+            f"{stats_path}: not observation statistics ({err}). Fix: an .npz with arrays "
+            "'mean' and 'var'"
+        ) from None
+    return lambda obs: np.clip((obs - mean) / np.sqrt(var + epsilon), -clip, clip)
+
+
 def make_policy(
-    policy: str, env_id: str, num_envs: int, seed: int | None, deterministic: bool = True
+    policy: str,
+    env_id: str,
+    num_envs: int,
+    seed: int | None,
+    deterministic: bool = True,
+    allow_pickle: bool = False,
 ) -> Policy:
     """Resolve `--policy`: `random`, an SB3 `.zip`, or a seqrl run directory."""
     from seqrl.envs import RandomPolicy, make_env
@@ -157,7 +260,7 @@ def make_policy(
         return RandomPolicy(make_env(env_id).action_space, num_envs, seed)
     path = Path(policy).expanduser()
     if path.suffix == ".zip":
-        return load_sb3_policy(path, env_id, deterministic)
+        return load_sb3_policy(path, env_id, deterministic, allow_pickle)
     if path.is_dir():
         from seqrl.export import load_policy
 
@@ -214,8 +317,15 @@ def train_sb3(
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / f"{env_id.replace('/', '_')}-{algo}-{steps}.zip"
     model.save(model_path)
-    if isinstance(venv, VecNormalize):
+    if isinstance(venv, VecNormalize):  # the .npz is what `collect` reads without pickles
         venv.save(str(model_path.with_name(f"{model_path.stem}-vecnormalize.pkl")))
+        np.savez(
+            model_path.with_name(model_path.stem + OBS_STATS_SUFFIX),
+            mean=venv.obs_rms.mean,
+            var=venv.obs_rms.var,
+            clip_obs=venv.clip_obs,
+            epsilon=venv.epsilon,
+        )
     return model_path
 
 
@@ -318,6 +428,7 @@ def collect(
     ref_max_score: float | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    allow_pickle: bool = False,
 ) -> CollectResult:
     """`seqrl collect`: record `episodes` episodes of `policy` in `env_id` and write `out`.
 
@@ -325,8 +436,8 @@ def collect(
     layout), as `save_dataset` takes it; it is checked before anything runs. With `train_sb3_algo` ("ppo" or "sac") an SB3 agent is trained
     for `train_steps` steps first, saved under `sb3_dir`, and used as the policy (`policy` must
     then be None; `sb3_kwargs` go to the SB3 constructor). `deterministic` applies to SB3
-    policies. Reference scores default to `seqrl.envs.scores.d4rl_reference_scores(env_id)` when
-    that knows the task. More envs than episodes would only idle, so `num_envs` is capped.
+    policies. Reference scores default to D4RL's only for the env versions D4RL recorded with
+    (`seqrl.envs.scores.d4rl_reference_scores`); pass `ref_min_score` / `ref_max_score` otherwise. More envs than episodes would only idle, so `num_envs` is capped.
     """
     from seqrl.envs import check_env_id, d4rl_reference_scores, make_env
 
@@ -349,7 +460,7 @@ def collect(
         )
         policy = str(checkpoint)
     assert policy is not None
-    acting = make_policy(policy, env_id, num_envs, seed, deterministic)
+    acting = make_policy(policy, env_id, num_envs, seed, deterministic, allow_pickle)
     episode_dicts = record_episodes(env_id, acting, episodes, num_envs, seed, progress)
 
     if ref_min_score is None and ref_max_score is None:

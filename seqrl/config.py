@@ -117,6 +117,24 @@ def apply_overrides(
     return result
 
 
+def check_override_keys(overrides: list[str] | tuple[str, ...], config: dict[str, Any]) -> None:
+    """Reject `--set` items whose top-level key is not one of `config`'s (`agnet.width`, `sede`)
+    or that would replace a whole section with a value."""
+    names = [key for key in config if key != "algo"]
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        head, _, rest = key.partition(".")
+        if head not in names:
+            close = difflib.get_close_matches(head, names, n=1)
+            hint = f" (did you mean {close[0]}{'.' + rest if rest else ''}?)" if close else ""
+            raise ValueError(f"unknown setting {key}{hint}; top-level settings: {', '.join(names)}")
+        if isinstance(config[head], dict) and not rest and head != "env_kwargs":
+            raise ValueError(
+                f"--set {item!r}: {head} is a section; set one of its settings, e.g. "
+                f"--set {head}.NAME=VALUE"
+            )
+
+
 def resolve_run_config(
     base: dict[str, Any],
     config_file: str | Path | None,
@@ -146,6 +164,7 @@ def resolve_run_config(
             else:
                 config[key] = value
     config.update({k: v for k, v in (given or {}).items() if v is not None})
+    check_override_keys(overrides or [], config)
     config = apply_overrides(config, overrides or [])
     config["agent"] = to_dict(from_dict(agent_cls, config["agent"], "agent"))
     config["train"] = to_dict(from_dict(train_cls, config["train"], "train"))

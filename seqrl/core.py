@@ -185,6 +185,19 @@ class TransitionBatch(_TensorBatch):
     """(B,), gamma ** (number of steps actually taken), the bootstrap factor."""
     returns_to_go: Tensor
     """(B,), the Monte-Carlo discounted return from this step to the episode's end."""
+    steps_to_end: Tensor | None = None
+    """(B,) int64, L >= 1: the recorded steps from this one to the episode's end, this one
+    included (`returns_to_go` sums L rewards). None when the sampler does not give it."""
+    observation_window: Tensor | None = None
+    """(B, W, *obs_shape), the W observations ending at `observations` (entry W-1), left-padded
+    with zeros before the episode's first step; None without a history window."""
+    window_mask: Tensor | None = None
+    """(B, W) bool, False on the padding of `observation_window`."""
+    next_observation_window: Tensor | None = None
+    """(B, W, *obs_shape), the W observations ending at `next_observations`, padded the same way
+    (the episode's final observation counts as its step L)."""
+    next_window_mask: Tensor | None = None
+    """(B, W) bool, False on the padding of `next_observation_window`."""
 
 
 class Loop(enum.Enum):
@@ -239,6 +252,31 @@ def env_rows(
             "bool per env, or None to reset all"
         )
     return rows
+
+
+def check_observations(
+    policy_name: str, obs: Tensor, obs_shape: tuple[int, ...], num_envs: int | None = None
+) -> None:
+    """The checks at the top of every `Policy.act`: one row per env (`num_envs`), each of shape
+    `obs_shape`, all finite. A NaN reaching a policy would silently poison its memory (DT
+    context, recurrent state) until `reset()`; this names the env row instead. Cheap: one
+    reduction over the batch."""
+    if num_envs is not None:
+        check_num_envs(policy_name, num_envs, obs)
+    if tuple(obs.shape[1:]) != tuple(obs_shape):
+        raise ValueError(
+            f"{policy_name}.act: observations of shape {tuple(obs.shape)}, expected "
+            f"(num_envs, {', '.join(map(str, obs_shape))}) for this policy's env. Fix: pass one "
+            "observation per env, as the env returns it"
+        )
+    if obs.is_floating_point() and not bool(torch.isfinite(obs).all()):
+        row = int((~torch.isfinite(obs.reshape(len(obs), -1))).any(dim=1).nonzero()[0, 0])
+        bad = obs[row].reshape(-1)
+        value = bad[~torch.isfinite(bad)][0].item()
+        raise ValueError(
+            f"{policy_name}.act: the observation of env row {row} holds {value} (not finite). "
+            "Fix: find why that env produced it; the policy's state was left untouched"
+        )
 
 
 def check_num_envs(policy_name: str, num_envs: int, obs: np.ndarray | Tensor) -> None:

@@ -47,7 +47,7 @@ def _size_mb(path: Path) -> float:
 def _describe(name: str, fmt: str, path: Path) -> tuple[DatasetInfo, EpisodeStore | None]:
     info = DatasetInfo(name=name, format=fmt, path=path, size_mb=_size_mb(path))
     try:
-        store = load_dataset(path)
+        store = load_dataset(path, incomplete_last_episode="truncate")  # as `seqrl train`
     except (ValueError, FileNotFoundError, ImportError, OSError) as exc:
         info.error = str(exc)
         return info, None
@@ -142,7 +142,9 @@ def dataset_report(dataset: str | Path) -> str:
         path, fmt = Path(text).expanduser(), "d4rl-hdf5"
     else:
         path, fmt = resolve_minari_path(text).parent, "minari"
-    store = load_dataset(path)
+    # a D4RL file's unfinished last episode is shown as `seqrl train` uses it (kept, truncated);
+    # the note in the metadata's extra fields says so
+    store = load_dataset(path, incomplete_last_episode="truncate")
     s = store.summary()
     meta = store.metadata
     returns, lengths = store.episode_returns, store.episode_lengths

@@ -20,31 +20,47 @@ import numpy as np
 import torch
 
 from seqrl.agents import get_agent_entry
-from seqrl.checkpoint import latest_checkpoint, load_config, load_model_weights
+from seqrl.checkpoint import find_checkpoint, load_config, load_model_weights
 from seqrl.config import from_dict
 from seqrl.core import EnvSpec, Policy
 
 
-def _checkpoint_folder(path: Path) -> tuple[Path, Path]:
+def checkpoint_folder(path: Path) -> tuple[Path, Path]:
     """(run_dir, checkpoint folder) for a run dir or one of its checkpoint folders."""
     if (path / "model.safetensors").is_file():
         return path.parent.parent, path
-    folder = latest_checkpoint(path)
-    if folder is None:
+    choice = find_checkpoint(path)
+    if choice.folder is None:
         load_config(path)  # raises the "not a run directory" error when there is no config
+        if choice.skipped:  # checkpoints there, none of them valid: say why
+            raise ValueError(f"{path} has no valid checkpoint: {choice.skipped[0]}")
         raise FileNotFoundError(f"{path} has no checkpoint yet: train it first or wait for one")
-    return path, folder
+    return path, choice.folder
 
 
 def load_agent(path: str | Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     """The agent of a run (weights of its latest checkpoint, or of a checkpoint folder given
     directly) and the run's config. No optimizer state is restored."""
-    run_dir, folder = _checkpoint_folder(Path(path))
+    run_dir, folder = checkpoint_folder(Path(path))
     config = load_config(run_dir)
     entry = get_agent_entry(config["algo"])
     agent_config = from_dict(entry.config_cls, {**config["agent"], "device": device}, "agent")
-    agent = entry.agent_cls(agent_config, EnvSpec.from_dict(config["spec"]), None)
-    agent.load_state_dict({"model": load_model_weights(folder, device)})
+    try:
+        spec = EnvSpec.from_dict(config["spec"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{run_dir}/config.yaml: the 'spec' section is damaged ({err!r})"
+        ) from None
+    agent = entry.agent_cls(agent_config, spec, None)
+    weights = load_model_weights(folder, device)
+    try:
+        agent.load_state_dict({"model": weights})
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(
+            f"{folder}: the weights do not fit the run's config.yaml ({first}). Fix: use the "
+            "config.yaml this checkpoint was trained with"
+        ) from None
     return agent, config
 
 

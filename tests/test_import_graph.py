@@ -12,7 +12,8 @@ Layers, lowest first; a module may import its own rank or lower, never higher:
     1  seqrl.nn.*
     2  seqrl.buffers.*, seqrl.envs.*
     3  seqrl.agents.*
-    4  seqrl.train.*, seqrl.export, seqrl.collect, seqrl.datasets_catalog
+    4  seqrl.train.*, seqrl.export, seqrl.export_graph, seqrl.runtime, seqrl.sweep, seqrl.collect,
+       seqrl.datasets_catalog
     5  seqrl.cli, seqrl.demo, seqrl.__main__, seqrl
 
 and on top of that `seqrl.nn.*` imports nothing of seqrl outside `seqrl.nn`, and `seqrl.core`
@@ -36,7 +37,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("seqrl.nn.*",),
     ("seqrl.buffers.*", "seqrl.envs.*"),
     ("seqrl.agents.*",),
-    ("seqrl.train.*", "seqrl.export", "seqrl.collect", "seqrl.datasets_catalog"),
+    (
+        "seqrl.train.*",
+        "seqrl.export",
+        "seqrl.export_graph",
+        "seqrl.runtime",
+        "seqrl.collect",
+        "seqrl.datasets_catalog",
+        "seqrl.sweep",
+    ),
     ("seqrl.cli", "seqrl.demo", "seqrl.__main__", "seqrl"),
 )
 """Rank r = LAYERS[r]; `pkg.*` is the package `pkg` and every module below it."""

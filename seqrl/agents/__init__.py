@@ -8,9 +8,21 @@ naming scheme: `<Name>Config`, `<Name>Agent`, `<Name>Policy`, `<Name>PolicyOptio
 
 from __future__ import annotations
 
-from seqrl.agents import bc, dt, recurrent_ppo
+from seqrl.agents import bc, diffusion, dt, q_transformer, recurrent_ppo
 from seqrl.agents.bc import BCAgent, BCConfig, BCPolicy, BCPolicyOptions
+from seqrl.agents.diffusion import (
+    DiffusionAgent,
+    DiffusionConfig,
+    DiffusionPolicy,
+    DiffusionPolicyOptions,
+)
 from seqrl.agents.dt import DecisionTransformer, DTAgent, DTConfig, DTPolicy, DTPolicyOptions
+from seqrl.agents.q_transformer import (
+    QTransformerAgent,
+    QTransformerConfig,
+    QTransformerPolicy,
+    QTransformerPolicyOptions,
+)
 from seqrl.agents.recurrent_ppo import (
     RecurrentPPO,
     RecurrentPPOAgent,
@@ -26,6 +38,8 @@ REGISTRY: dict[str, AgentEntry] = {
         dt.ENTRY,
         recurrent_ppo.ENTRY,
         bc.ENTRY,
+        diffusion.ENTRY,
+        q_transformer.ENTRY,
     )
 }
 
@@ -49,6 +63,14 @@ __all__ = [
     "DTPolicy",
     "DTPolicyOptions",
     "DecisionTransformer",
+    "DiffusionAgent",
+    "DiffusionConfig",
+    "DiffusionPolicy",
+    "DiffusionPolicyOptions",
+    "QTransformerAgent",
+    "QTransformerConfig",
+    "QTransformerPolicy",
+    "QTransformerPolicyOptions",
     "RecurrentPPO",
     "RecurrentPPOAgent",
     "RecurrentPPOConfig",

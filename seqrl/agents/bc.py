@@ -39,14 +39,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqrl.agents.examples import example_window_batch
-from seqrl.agents.registry import AgentEntry, policy_options
+from seqrl.agents.export_step import (
+    ExportStep,
+    backbone_rows,
+    backbone_state,
+    memory_rows,
+)
+from seqrl.agents.registry import AgentEntry, policy_options, warmup_warnings
 from seqrl.core import (
     DataStats,
     EnvSpec,
     Loop,
     PolicyStep,
     WindowBatch,
-    check_num_envs,
+    check_observations,
     env_rows,
 )
 from seqrl.nn import make_backbone
@@ -278,7 +284,7 @@ class BCPolicy:
     ) -> PolicyStep:
         """`reward` is accepted for the common signature and unused."""
         obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
-        check_num_envs("BCPolicy", self.num_envs, obs_t)
+        check_observations("BCPolicy", obs_t, self.model.spec.obs_shape, self.num_envs)
         was_training = self.model.training
         self.model.eval()
         if self.inference == "step":
@@ -319,6 +325,42 @@ def make_sampler(config: BCConfig, store: Any, seed: int) -> Any:
     )
 
 
+# ---- export (`seqrl export`: one pure step, the backbone state as explicit state) ---------------
+class BCStep(ExportStep):
+    """`inference="step"` as one exportable step (the mean / argmax action, clipped into the
+    Box); state: the timestep and the backbone's state. `reward` is taken and unused."""
+
+    def __init__(self, model: BCModel) -> None:
+        super().__init__(model.spec)
+        self.model = model
+        self.description = f"behaviour cloning ({model.config.backbone}), inference='step'"
+        self.meanings = {"timestep": "steps taken this episode (the timestep embedding's index)"}
+
+    def initial_row(self) -> dict[str, Tensor]:
+        timestep = torch.zeros((), dtype=torch.long)
+        return {"timestep": timestep, **backbone_rows(self.model.backbone)}
+
+    def forward(self, obs: Tensor, reward: Tensor, *state_in: Tensor) -> tuple[Tensor, ...]:
+        """obs (B, *obs_shape), reward (B,), state -> (action (B, *act_shape), *next_state)."""
+        state = self.unpack(state_in)
+        timestep = state["timestep"]  # (B,)
+        tokens = self.model.tokens(obs[:, None], timestep[:, None])  # (B, 1, D)
+        hidden, memory = self.model.backbone.step(tokens, backbone_state(state))
+        prediction, log_std = self.model.head(hidden[:, -1])
+        action = self.model.act(prediction, log_std, explore=False)
+        return (action, *self.pack({"timestep": timestep + 1, **memory_rows(memory)}))
+
+
+def export_step(agent: BCAgent, options: BCPolicyOptions) -> BCStep:
+    """The step `agent.policy(1, inference="step")` runs, for `seqrl export`."""
+    if options.inference != "step":
+        raise ValueError(
+            f"bc: export covers inference='step' only, got {options.inference!r}; export with "
+            "--policy inference=step (the same weights; state over the whole episode)"
+        )
+    return BCStep(agent.model)
+
+
 ENTRY = AgentEntry(
     name="bc",
     summary="recurrent behaviour cloning over any backbone on a trajectory dataset",
@@ -332,4 +374,6 @@ ENTRY = AgentEntry(
         agent.spec, context=agent.config.context_len, seed=seed
     ),
     make_sampler=make_sampler,
+    export_step=export_step,
+    budget_warnings=lambda config, steps: warmup_warnings(config.warmup_steps, steps),
 )

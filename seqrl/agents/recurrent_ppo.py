@@ -44,6 +44,12 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Normal
 
 from seqrl.agents.examples import example_rollout
+from seqrl.agents.export_step import (
+    ExportStep,
+    backbone_rows,
+    backbone_state,
+    memory_rows,
+)
 from seqrl.agents.registry import AgentEntry, policy_options
 from seqrl.core import (
     MEMORY_PREFIX,
@@ -52,7 +58,7 @@ from seqrl.core import (
     Loop,
     PolicyStep,
     RolloutSettings,
-    check_num_envs,
+    check_observations,
     env_rows,
 )
 from seqrl.nn import make_backbone
@@ -343,7 +349,8 @@ class RecurrentPPOAgent:
         stats: dict[str, list[float]] = {}
         for _ in range(config.epochs):
             order = torch.randperm(rollout.num_chunks).to(self.device)
-            for chunks in order.chunk(min(config.minibatches, rollout.num_chunks)):
+            # exactly min(minibatches, chunks) pieces, sizes within one (chunk() may give fewer)
+            for chunks in order.tensor_split(min(config.minibatches, rollout.num_chunks)):
                 # right padding past the minibatch's longest chunk is dropped (exact: causal)
                 length = int(rollout.chunk_length[chunks].max())
                 batch = {key: value[chunks, :length] for key, value in data.items()}
@@ -465,7 +472,7 @@ class RecurrentPPOPolicy:
         self, obs: np.ndarray | Tensor, reward: np.ndarray | Tensor | None = None
     ) -> PolicyStep:
         obs_t = torch.as_tensor(np.asarray(obs), device=self.device)
-        check_num_envs("RecurrentPPOPolicy", self.num_envs, obs_t)
+        check_observations("RecurrentPPOPolicy", obs_t, self.model.spec.obs_shape, self.num_envs)
         if self.model.training:  # acting is inference; `update` switches to train() itself
             self.model.eval()
         memory = {MEMORY_PREFIX + key: value for key, value in self.state.items()}
@@ -487,8 +494,46 @@ class RecurrentPPOPolicy:
         return PolicyStep(action=self.model.to_env_action(sample), info=info)
 
 
+# ---- export (`seqrl export`: one pure step, the memory as explicit state) ------------------------
+class RecurrentPPOStep(ExportStep):
+    """The deterministic policy (argmax / Gaussian mean, scaled and clipped into the Box) as one
+    exportable step; its state is the backbone's memory. `reward` is taken and unused."""
+
+    def __init__(self, model: RecurrentPPOModel) -> None:
+        super().__init__(model.spec)
+        self.model = model
+        self.description = f"recurrent PPO ({model.config.backbone}), deterministic actions"
+
+    def initial_row(self) -> dict[str, Tensor]:
+        return backbone_rows(self.model.backbone)
+
+    def forward(self, obs: Tensor, reward: Tensor, *state_in: Tensor) -> tuple[Tensor, ...]:
+        """obs (B, *obs_shape), reward (B,), memory -> (action (B, *act_shape), *next memory)."""
+        head, _, memory = self.model.step(obs, backbone_state(self.unpack(state_in)))
+        sample = head.argmax(-1) if self.spec.discrete else head  # (B,) or (B, A)
+        return (self.model.to_env_action(sample), *self.pack(memory_rows(memory)))
+
+
+def export_step(
+    agent: RecurrentPPOAgent, options: RecurrentPPOPolicyOptions
+) -> RecurrentPPOStep:
+    """The step `agent.policy(1)` (explore=False) runs, for `seqrl export`."""
+    return RecurrentPPOStep(agent.model)
+
+
 RecurrentPPO = RecurrentPPOAgent
 """Short name for `RecurrentPPOAgent`."""
+
+
+def anneal_warnings(config: RecurrentPPOConfig, steps: int) -> list[str]:
+    """A learning-rate decay over another length than the run's env steps."""
+    if config.lr_anneal_steps is None or config.lr_anneal_steps == steps:
+        return []
+    where = "before the end" if config.lr_anneal_steps < steps else "only partly"
+    return [
+        f"agent.lr_anneal_steps={config.lr_anneal_steps} differs from the run's {steps} env "
+        f"steps: the learning rate decays {where}; set --set agent.lr_anneal_steps={steps}"
+    ]
 
 ENTRY = AgentEntry(
     name="recurrent-ppo",
@@ -503,4 +548,6 @@ ENTRY = AgentEntry(
         agent, seed=seed, chunk_len=agent.config.chunk_len
     ),
     rollout_settings=lambda config: RolloutSettings(chunk_len=config.chunk_len),
+    budget_warnings=lambda config, steps: anneal_warnings(config, steps),
+    export_step=export_step,
 )

@@ -11,6 +11,7 @@ an agent's config fields: `seqrl.train`, `seqrl.cli` and `seqrl.export` go throu
     feed (online)                entry.rollout_settings(config) -> RolloutSettings
   seqrl eval RUN --policy k=v    agent.policy(num_envs, explore=False, **options)
   tests/agents/test_conformance  entry.tiny_config, entry.example_batch(agent, seed)
+  seqrl export RUN --format F    entry.export_step(agent, options) -> ExportStep
 ```
 """
 
@@ -55,10 +56,31 @@ class AgentEntry:
         default=lambda config: RolloutSettings()
     )
     """Online agents: what the rollout buffer must do for this config."""
+    export_step: Callable[[Any, Any], Any] | None = None
+    """`export_step(agent, options)` -> a `seqrl.agents.export_step.ExportStep`: the policy
+    `agent.policy(1, **options)` would run, as one pure step with its state as explicit inputs
+    and outputs (`seqrl export`, `seqrl.export_graph`). `options`: the options dataclass."""
+
+    budget_warnings: Callable[[Any, int], list[str]] = field(default=lambda config, steps: [])
+    """`budget_warnings(config, steps)`: the agent's schedules that do not fit a run of `steps`
+    (a warm-up longer than the run, annealing over another length), each a line that names the
+    setting and the fix; printed when a run starts."""
 
     def __post_init__(self) -> None:
         if self.loop is Loop.OFFLINE and self.make_sampler is None:
             raise ValueError(f"agent {self.name!r}: an offline agent needs make_sampler")
+
+
+def warmup_warnings(warmup_steps: int, steps: int, unit: str = "updates") -> list[str]:
+    """A learning-rate warm-up that takes more than half of the run: the model trains at a small
+    learning rate most of the time (the reference DT warms up over 10% of its run)."""
+    if warmup_steps * 2 <= steps:
+        return []
+    return [
+        f"agent.warmup_steps={warmup_steps} is more than half of the run's {steps} {unit}: "
+        f"the learning rate stays low most of the run; set --set agent.warmup_steps="
+        f"{max(steps // 10, 1)} (10% of the run, as the reference DT)"
+    ]
 
 
 def policy_options(cls: type, options: dict[str, Any]) -> Any:

@@ -14,6 +14,8 @@ a file where it does not is rejected rather than half-used.
 A dataset that stops in the middle of an episode (no flag on its last step, common in D4RL files
 capped at 1M steps) is an error by default: choose `incomplete_last_episode="truncate"` (keep it,
 flagged as a truncation) or `"drop"` (leave those steps out; the count goes to the metadata).
+Either way `metadata.extra["last_episode"]` says what was done. `seqrl train` defaults to
+"truncate" and prints that line (`--dataset-tail truncate|drop|error`).
 
 `write_d4rl_hdf5` writes the same layout, always with `next_observations`, plus a `metadata`
 group (env id, dataset id, reference scores) that `load_d4rl_hdf5` reads back.
@@ -31,13 +33,7 @@ import numpy as np
 
 from seqrl.buffers.episode_store import EpisodeStore, StoreMetadata
 from seqrl.buffers.validation import data_error, episode_of_step
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
+from seqrl.checkpoint import current_umask
 
 COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 """Lossless: gzip with byte shuffling roughly halves float arrays on disk."""
@@ -87,7 +83,9 @@ def store_from_d4rl_arrays(
         tail = num_steps - (int(last_end[-1]) + 1 if len(last_end) else 0)
         if incomplete_last_episode == "truncate":
             timeouts[-1] = True
-            metadata.extra["last_episode"] = f"incomplete; {tail} steps kept as truncated"
+            metadata.extra["last_episode"] = (
+                f"the last {tail} step(s) carry no end flag: kept as a truncated episode"
+            )
         elif incomplete_last_episode == "drop" and tail == num_steps:
             raise data_error(
                 src,
@@ -102,6 +100,7 @@ def store_from_d4rl_arrays(
             data = {k: v[:keep] for k, v in data.items()}
             terminals, timeouts, num_steps = terminals[:keep], timeouts[:keep], keep
             metadata.extra["dropped_steps"] = tail
+            metadata.extra["last_episode"] = f"the last {tail} step(s) carry no end flag: dropped"
         else:
             raise data_error(
                 src,
@@ -109,8 +108,8 @@ def store_from_d4rl_arrays(
                 len(last_end),
                 f"the data ends in the middle of an episode: its last {tail} step(s) carry no "
                 "terminal or timeout flag",
-                "load with incomplete_last_episode='truncate' to keep them as a truncated "
-                "episode, or 'drop' to leave them out",
+                "train with --dataset-tail truncate to keep them as a truncated episode, or "
+                "--dataset-tail drop to leave them out (in Python: incomplete_last_episode='truncate' or 'drop')",
             )
     ends = np.flatnonzero(terminals | timeouts)  # (E,) last step of each episode
     offsets = np.concatenate([[0], ends + 1]).astype(np.int64)  # (E + 1,)
@@ -142,7 +141,7 @@ def _flags(values: np.ndarray, source: str, name: str) -> np.ndarray:
         bad = np.flatnonzero((values != 0) & (values != 1))
         if len(bad):
             raise data_error(
-                source, name, None, f"value {values[bad[0]]!r} at row {int(bad[0])} is not 0/1",
+                source, name, None, f"value {values[bad[0]].item()!r} at row {int(bad[0])} is not 0/1",
                 "store flags as booleans",
             )  # fmt: skip
     return values.astype(np.bool_)
@@ -268,7 +267,7 @@ def write_d4rl_hdf5(store: EpisodeStore, path: str | Path, overwrite: bool = Fal
             )
             if algorithm is not None:
                 meta.create_dataset("algorithm", data=str(algorithm))
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600 files
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seqrl.buffers.d4rl_io import load_d4rl, load_d4rl_hdf5, write_d4rl_hdf5
+from seqrl.buffers.d4rl_io import IncompletePolicy, load_d4rl, load_d4rl_hdf5, write_d4rl_hdf5
 from seqrl.buffers.episode_store import EpisodeStore
 from seqrl.buffers.minari_io import load_minari, minari_root, resolve_output_id, write_minari
 
@@ -29,13 +29,17 @@ HDF5_SUFFIXES = (".hdf5", ".h5")
 D4RL_PREFIX = "d4rl:"
 
 
-def load_dataset(spec: str | Path) -> EpisodeStore:
-    """Load a dataset from whatever names it (see the module docstring for the forms)."""
+def load_dataset(
+    spec: str | Path, incomplete_last_episode: IncompletePolicy = "error"
+) -> EpisodeStore:
+    """Load a dataset from whatever names it (see the module docstring for the forms).
+
+    `incomplete_last_episode` applies to D4RL data (`seqrl.buffers.d4rl_io`)."""
     text = str(spec)
     if text.startswith(D4RL_PREFIX):
-        return load_d4rl(text.removeprefix(D4RL_PREFIX))
+        return load_d4rl(text.removeprefix(D4RL_PREFIX), incomplete_last_episode)
     if Path(text).suffix.lower() in HDF5_SUFFIXES:
-        return load_d4rl_hdf5(text)
+        return load_d4rl_hdf5(text, incomplete_last_episode=incomplete_last_episode)
     return load_minari(text)
 
 

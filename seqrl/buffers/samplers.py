@@ -21,7 +21,15 @@ K consecutive steps, the way the reference Decision Transformer's `get_batch` do
 `TransitionSampler` (Q-Transformer and other value-based agents) draws single steps with their
 n-step discounted reward, the observation to bootstrap from (n steps later, or the episode's
 final observation), `dones` (the episode terminated within the n steps), the bootstrap factor
-gamma^m (m <= n steps actually taken) and the Monte-Carlo discounted return-to-go.
+gamma^m (m <= n steps actually taken), the Monte-Carlo discounted return-to-go and the number of
+steps it sums. With `history=W` it adds the W observations ending at the step and at the
+bootstrap observation (left-padded at the episode's start, with masks):
+
+```
+  episode     o_0  o_1  o_2  o_3  o_4  (final o_5)        W = 3, n = 2, step t = 1
+  window      [pad  o_0  o_1]                            window_mask      [F T T]
+  next        [o_1  o_2  o_3]                            next_window_mask [T T T]
+```
 
 Both are deterministic for a given seed: indices come from a NumPy `Generator`, the kernels are
 plain loops. Batches are `torch.from_numpy` views of the kernels' output arrays (no extra copy).
@@ -117,6 +125,31 @@ def gather_transitions(
             out_obs[b, d] = obs2d[t, d]
         for d in range(act2d.shape[1]):
             out_act[b, d] = act2d[t, d]
+
+
+@numba.njit(cache=True)
+def gather_history(
+    idx, episode_index, offsets, n_step, history, obs2d, final_obs2d,
+    out_win, out_mask, out_next_win, out_next_mask,
+):  # fmt: skip  # pragma: no cover - compiled
+    """Fill (B, W, D) observation windows (pre-zeroed) ending at steps `idx` and at their
+    bootstrap steps (n later, or the episode's final observation, its step L), left-padded."""
+    for b in range(idx.shape[0]):
+        t = idx[b]
+        e = episode_index[t]
+        first, end = offsets[e], offsets[e + 1]
+        bootstrap = t + min(n_step, end - t)  # flat index; == end means the final observation
+        for j in range(history):
+            src = t - (history - 1) + j
+            if src >= first:
+                out_mask[b, j] = True
+                for d in range(obs2d.shape[1]):
+                    out_win[b, j, d] = obs2d[src, d]
+            src = bootstrap - (history - 1) + j
+            if src >= first:
+                out_next_mask[b, j] = True
+                for d in range(obs2d.shape[1]):
+                    out_next_win[b, j, d] = obs2d[src, d] if src < end else final_obs2d[e, d]
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -250,6 +283,10 @@ class TransitionSampler(_Sampler):
         seed: seed of the sampler's own RNG.
         n_step: rewards summed per transition (fewer when the episode ends first).
         gamma: discount of the n-step reward, the bootstrap factor and the Monte-Carlo return.
+        history: W, observations per history window: batches then also hold
+            `observation_window` / `window_mask` ending at the step and
+            `next_observation_window` / `next_window_mask` ending at the bootstrap observation
+            (B, W, ...), left-padded before the episode's start. None: no windows.
     """
 
     def __init__(
@@ -259,12 +296,16 @@ class TransitionSampler(_Sampler):
         seed: int = 0,
         n_step: int = 1,
         gamma: float = 0.99,
+        history: int | None = None,
     ) -> None:
         super().__init__(store, batch_size, seed)
         if n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {n_step}")
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+        if history is not None and history < 1:
+            raise ValueError(f"history must be >= 1 or None, got {history}")
+        self.history = history
         self.n_step = n_step
         self.gamma = float(gamma)
         self.returns_to_go = discounted_returns_to_go(
@@ -296,6 +337,7 @@ class TransitionSampler(_Sampler):
             self.returns_to_go, obs, act, rewards, next_obs, dones, discounts, returns_to_go,
         )  # fmt: skip
         obs_shape = store.observation_shape
+        steps_to_end = store.episode_offsets[store.episode_index[steps] + 1] - steps  # (B,)
         return TransitionBatch(
             observations=torch.from_numpy(obs.reshape(batch, *obs_shape)),
             actions=torch.from_numpy(act.reshape(batch, *store.action_shape)),
@@ -304,4 +346,27 @@ class TransitionSampler(_Sampler):
             dones=torch.from_numpy(dones),
             discounts=torch.from_numpy(discounts),
             returns_to_go=torch.from_numpy(returns_to_go),
+            steps_to_end=torch.from_numpy(steps_to_end.astype(np.int64)),
+            **self._windows(steps),
         )
+
+    def _windows(self, steps: np.ndarray) -> dict[str, torch.Tensor]:
+        """The history windows of `steps` (B,) as TransitionBatch fields ({} without history)."""
+        if self.history is None:
+            return {}
+        store, batch, width = self.store, len(steps), self.history
+        window = np.zeros((batch, width, self._obs2d.shape[1]), self._obs_dtype)  # (B, W, D_obs)
+        next_window = np.zeros_like(window)  # (B, W, D_obs)
+        mask = np.zeros((batch, width), dtype=np.bool_)  # (B, W)
+        next_mask = np.zeros_like(mask)  # (B, W)
+        gather_history(
+            steps, store.episode_index, store.episode_offsets, self.n_step, width,
+            self._obs2d, self._final2d, window, mask, next_window, next_mask,
+        )  # fmt: skip
+        shape = (batch, width, *store.observation_shape)
+        return {
+            "observation_window": torch.from_numpy(window.reshape(shape)),
+            "window_mask": torch.from_numpy(mask),
+            "next_observation_window": torch.from_numpy(next_window.reshape(shape)),
+            "next_window_mask": torch.from_numpy(next_mask),
+        }

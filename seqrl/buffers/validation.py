@@ -139,3 +139,16 @@ def check_matches_spaces(
                 else f"use a dataset recorded in {env}, or the env this dataset was recorded in"
             )
             raise data_error(source, name, None, f"{problem} ({env})", fix)
+
+
+def actions_outside_bounds(
+    actions: np.ndarray, low: tuple[float, ...] | None, high: tuple[float, ...] | None
+) -> int:
+    """How many steps of `actions` (N, A) have a dimension outside the Box bounds [low, high]
+    (0 without bounds or for discrete actions): a warning, not an error, since recorded actions
+    are sometimes the unclipped ones."""
+    if low is None or high is None or not np.issubdtype(actions.dtype, np.floating):
+        return 0
+    flat = actions.reshape(len(actions), -1)  # (N, A)
+    outside = (flat < np.asarray(low)) | (flat > np.asarray(high))
+    return int(outside.any(axis=1).sum())

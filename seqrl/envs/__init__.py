@@ -1,5 +1,10 @@
-"""Gymnasium environments: the env factory, batched evaluation, reference scores, simple policies."""
+"""Gymnasium environments: the env factory, batched evaluation, reference scores, simple policies.
 
+Importing this package registers seqrl's own env ids (`seqrl/TMaze-v0`, ... from
+`seqrl.envs.memory`), so `gymnasium.make("seqrl/TMaze-v0")` works after `import seqrl.envs`.
+"""
+
+from seqrl.envs import memory  # noqa: F401  (registers the seqrl/... ids)
 from seqrl.envs.evaluate import EvalResult, evaluate
 from seqrl.envs.factory import check_env_id, final_observations, make_env, make_vector_env
 from seqrl.envs.policies import CallablePolicy, RandomPolicy
@@ -8,6 +13,8 @@ from seqrl.envs.scores import (
     ReferenceScores,
     d4rl_reference_scores,
     normalized_score,
+    parse_reference,
+    reference_scores_for,
 )
 from seqrl.envs.seeding import episode_seeds, seed_everything
 
@@ -25,5 +32,7 @@ __all__ = [
     "make_env",
     "make_vector_env",
     "normalized_score",
+    "parse_reference",
+    "reference_scores_for",
     "seed_everything",
 ]

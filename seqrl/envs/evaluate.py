@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from seqrl.core import Policy
 from seqrl.envs.factory import make_vector_env
-from seqrl.envs.scores import ReferenceScores, d4rl_reference_scores
+from seqrl.envs.scores import ReferenceScores
 from seqrl.envs.seeding import episode_seeds
 
 
@@ -111,14 +111,14 @@ def evaluate(
     Args:
         policy: a batched `Policy` for `min(num_envs, episodes)` envs.
         seed: episode i is reset with seed `seed + i` (None: unseeded).
-        reference: scores for normalization; defaults to D4RL's for the task, if it has any.
+        reference: scores for normalization (None: no normalized score; see
+            `seqrl.envs.scores.reference_scores_for` for the rule the run commands use).
         env_kwargs: passed to `gymnasium.make`.
         progress: show a progress bar over finished episodes.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     num_envs = min(num_envs, episodes)
-    reference = reference if reference is not None else d4rl_reference_scores(env_id)
     seeds = episode_seeds(seed, episodes)
     envs = make_vector_env(env_id, num_envs, autoreset=False, **(env_kwargs or {}))
     returns = np.zeros(episodes, dtype=np.float64)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 from typing import Any
 
 import gymnasium as gym
@@ -26,8 +27,21 @@ def _register_seqrl_envs() -> None:
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise a one-line `ValueError` naming close matches when `env_id` is not registered."""
+    """Raise a one-line `ValueError` naming close matches when `env_id` is not registered.
+
+    Gymnasium's `module:Id` form (a user's own env, registered when `module` is imported) is
+    accepted as `gymnasium.make` accepts it: the module is imported first."""
     _register_seqrl_envs()
+    module, _, bare_id = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(
+                f"environment id {env_id!r}: cannot import module {module!r} ({err}). Fix: "
+                "install it or put it on PYTHONPATH (the form is module.path:EnvName-v0)"
+            ) from None
+        env_id = bare_id
     if env_id in gym.registry:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)

@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 Backend = Literal["auto", "sdpa", "math", "flash"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "math", "flash")
@@ -88,6 +88,27 @@ def _math_attention(
     if dropout_p > 0.0:
         weights = F.dropout(weights, dropout_p)
     return weights @ v  # (B, H, Tq, Dh)
+
+
+class Dropout(nn.Module):
+    """`nn.Dropout` with the same distribution (keep each element with probability 1 - p, scale
+    by 1 / (1 - p)), drawn as one float32 uniform per element and a comparison: on CPU that is
+    about 2x faster than `bernoulli_`, which was a tenth of a DT training step."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1); got {p}.")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * torch.where(keep, 1.0 / (1.0 - self.p), 0.0).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def causal_mask(length: int, device: torch.device | str | None = None) -> Tensor:
@@ -154,8 +175,19 @@ def write_cache_(cache: Tensor, values: Tensor, positions: Tensor, ring: bool) -
     """
     size = cache.shape[2]
     slots = torch.remainder(positions, size) if ring else positions  # (B, n)
+    if torch.jit.is_tracing():  # ONNX cannot export the indexed write below
+        scatter_cache_(cache, values, slots)
+        return
     rows = torch.arange(cache.shape[0], device=cache.device)[:, None].expand_as(slots)
     cache[rows, :, slots] = values.detach().to(cache.dtype)  # indexed view: (B, n, H, Dh)
+
+
+def scatter_cache_(cache: Tensor, values: Tensor, slots: Tensor) -> None:
+    """`write_cache_` as one `scatter_` into slots (B, n): what the ONNX exporter can express
+    (used while tracing; in eager mode the indexed write is about 2x faster on CPU)."""
+    heads, head_width = cache.shape[1], cache.shape[3]
+    index = slots[:, None, :, None].expand(-1, heads, -1, head_width)  # (B, H, n, Dh)
+    cache.scatter_(2, index, values.detach().to(cache.dtype).transpose(1, 2))
 
 
 def write_cache_selected_(

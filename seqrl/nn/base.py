@@ -119,6 +119,19 @@ def segment_ids(episode_start: Tensor) -> Tensor:
     return episode_start.long().cumsum(1)  # (B, T)
 
 
+def running_max_nonnegative(values: Tensor) -> Tensor:
+    """(B, T) running maximum along T of non-negative `values` (B, T).
+
+    `cummax` in eager mode; while tracing (TorchScript / ONNX export, where ONNX has no cummax)
+    a masked (B, T, T) maximum, which is the same for non-negative values.
+    """
+    if not torch.jit.is_tracing():
+        return values.cummax(1).values
+    steps = torch.arange(values.shape[1], device=values.device)
+    earlier = steps[None, :] <= steps[:, None]  # (T, T): key j is at or before query t
+    return torch.where(earlier, values[:, None, :], 0).amax(-1)  # (B, T)
+
+
 def token_positions(valid: Tensor, episode_start: Tensor, start: Tensor | None = None) -> Tensor:
     """(B, T) long: how many real tokens of the same episode precede each token.
 
@@ -128,7 +141,7 @@ def token_positions(valid: Tensor, episode_start: Tensor, start: Tensor | None =
     counts = valid.long().cumsum(1)  # (B, T) inclusive count of real tokens
     before = counts - valid.long()  # (B, T) real tokens strictly before t
     # `before` never decreases, so the latest episode start's value is a running max.
-    base = torch.where(episode_start, before, torch.zeros_like(before)).cummax(1).values
+    base = running_max_nonnegative(torch.where(episode_start, before, torch.zeros_like(before)))
     positions = before - base
     if start is not None:
         first_segment = segment_ids(episode_start) == 0

@@ -6,16 +6,35 @@ What differs:
 - No positional embedding inside the backbone, as in the official Decision Transformer's modified
   GPT-2: callers add timestep embeddings to the tokens.
 - `window=W` gives a sliding (banded) causal window in training *and* stepping: every token at
-  every layer attends to itself and the W-1 real tokens before it in its episode. Trained that
-  way, the ring-buffered KV cache computes exactly the training function on arbitrarily long
-  episodes. `window=None` is full causal attention over up to `max_len` tokens per episode.
+  every layer attends to itself and the W-1 real tokens before it in its episode. With L layers
+  an output depends on up to L*(W-1) tokens back, so a model trained on T-token sequences
+  computes its training function in a ring-buffered cache only where L*(W-1) <= T-1 for the
+  outputs its loss reads (see `seqrl.agents.dt`). `window=None` is full causal attention over up
+  to `max_len` tokens per episode.
 - Padding (`mask`) and episode starts (`episode_start`) are part of the attention mask, so a
   parallel forward over a chunk that spans episode ends equals stepping with `reset_state`.
+- `select` (forward and step): the last block computes its queries, projection and MLP only for
+  the selected tokens (keys and values for all, the cache needs them): a caller whose loss reads
+  every third token pays for a third of the last block's token-wise work.
 
 State: {"pos": (B,) tokens written this episode, "k.l"/"v.l": (B, H, S, Dh) per layer l}, with
-S = max_len (full) or S = W (ring buffer). `step` writes into the cache in place (it is an
-inference path: no gradient flows through the cache); `forward` never modifies its `state`
-argument and returns a fresh, detached state.
+S = max_len (full) or S = W + step_tokens - 1 (ring buffer). `step` writes into the cache in
+place (an inference path: no gradient flows through the cache); `forward` never modifies its
+`state` argument and returns a fresh, detached state.
+
+How one step of n new tokens attends, for a ring with W = 4, n = 2, S = W + 1 = 5 slots:
+
+```
+  positions held after writing p and p+1 first ("append", no copy of the cache):
+     slot:      0     1     2     3     4
+     holds:   p-3   p-2   p-1    p    p+1      (slot = position mod S)
+  query p   :   x     x     x     x     .      p - held < W and held <= p
+  query p+1 :   .     x     x     x     x
+```
+
+With S = W (no spare slots) writing p+1 first would overwrite p-3, which query p still reads, so
+a step of more than `step_tokens` tokens falls back to attending over [cache, new tokens]
+("concat") and writing afterwards. A full-causal cache attends over its filled prefix only.
 """
 
 from __future__ import annotations
@@ -24,15 +43,18 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqrl.nn.attention import (
     BACKENDS,
+    Dropout,
     attention,
     attention_mask,
     banded_causal_mask,
     cache_slot_positions,
     can_use_flash_kvcache,
+    causal_mask,
     flash_attn_kvcache,
     write_cache_,
     write_cache_selected_,
@@ -47,6 +69,9 @@ from seqrl.nn.base import (
     token_positions,
     zero_rows,
 )
+
+Select = slice | Tensor | None
+"""Token indices (along T) whose last-block outputs are computed; None = all."""
 
 
 @dataclass
@@ -69,6 +94,10 @@ class GPTConfig:
     """MLP hidden width as a multiple of `width`."""
     backend: str = "auto"
     """auto (flash-attn KV-cache kernel when usable, else SDPA), sdpa, math, or flash."""
+    step_tokens: int = 1
+    """With a window: `step` calls of up to this many tokens append to the ring in place (it
+    holds W + step_tokens - 1 slots); longer ones copy the cache once per layer. A caller that
+    steps n tokens at a time (DT: 3 per env step) sets it to n."""
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -77,6 +106,8 @@ class GPTConfig:
             raise ValueError(f"GPT: window must be None or >= 1; got {self.window}.")
         if self.max_len < 1:
             raise ValueError(f"GPT: max_len must be >= 1; got {self.max_len}.")
+        if self.step_tokens < 1:
+            raise ValueError(f"GPT: step_tokens must be >= 1; got {self.step_tokens}.")
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"GPT: activation must be one of {sorted(ACTIVATIONS)}; got {self.activation!r}."
@@ -87,20 +118,40 @@ class GPTConfig:
 
 @dataclass
 class _Plan:
-    """Per-call bookkeeping shared by all layers."""
+    """Per-call bookkeeping shared by all layers (built by `GPT._plan`)."""
 
-    allowed: Tensor | None  # (B, 1, T, S + T), (B, 1, T, S), (T, T) or None
-    causal: bool  # SDPA's is_causal fast path (no mask tensor at all)
-    read_cache: bool  # attend over [cache, new tokens] (then write)
-    write_first: bool  # write the new tokens, then attend over the cache alone (no copy)
-    positions: Tensor  # (B, T) in-episode positions
-    start: Tensor  # (B,) positions already in the cache
-    end: Tensor  # (B,) positions in the cache after this chunk
-    write: bool
-    write_from: int  # fast path: write tokens [write_from:] of every row
-    selected: Tensor | None  # general path: (B, T) tokens to write
-    clear: Tensor | None  # (B,) rows whose cache is cleared (episode start inside the chunk)
-    flash: bool
+    mode: str
+    """"fresh": no cache read; "append": write the new tokens, then attend over the cache's
+    first `limit` slots; "concat": attend over [cache[:limit], new tokens], then write;
+    "flash": flash-attn's append-and-attend kernel."""
+    allowed: Tensor | None
+    """Keys each query may read: (B, 1, T, S'), (T, T), or None with `causal`."""
+    causal: bool = False
+    """SDPA's is_causal fast path (no mask tensor at all)."""
+    limit: int = 0
+    """Cache slots read in "append" / "concat" mode (a full cache's filled prefix)."""
+    positions: Tensor | None = None
+    """(B, T) in-episode positions of the new tokens (None when nothing is written)."""
+    start: Tensor | None = None
+    """(B,) tokens already in the cache."""
+    end: Tensor | None = None
+    """(B,) tokens in the cache after this call."""
+    write_from: int = 0
+    """Plain chunks: write tokens [write_from:] of every row ..."""
+    write_slots: Tensor | None = None
+    """... into these cache slots (B, T - write_from)."""
+    selected: Tensor | None = None
+    """Chunks with padding or episode starts: (B, T) tokens to write."""
+    clear: Tensor | None = None
+    """(B,) rows whose cache is cleared first (an episode start inside the chunk)."""
+    select: Select = None
+    """The last block's output tokens."""
+    select_allowed: Tensor | None = None
+    """`allowed` restricted to the selected queries."""
+
+    @property
+    def write(self) -> bool:
+        return self.positions is not None
 
 
 class GPTBlock(nn.Module):
@@ -109,11 +160,8 @@ class GPTBlock(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         width, self.heads = config.width, config.heads
-        self.dropout, self.backend, self.ring = (
-            config.dropout,
-            config.backend,
-            config.window is not None,
-        )
+        self.dropout, self.backend = config.dropout, config.backend
+        self.ring = config.window is not None
         self.ln_attn = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
@@ -122,67 +170,99 @@ class GPTBlock(nn.Module):
         self.mlp_in = nn.Linear(width, hidden)
         self.activation = ACTIVATIONS[config.activation]()
         self.mlp_out = nn.Linear(hidden, width)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
 
     def forward(
-        self, h: Tensor, plan: _Plan, cache_k: Tensor | None, cache_v: Tensor | None
+        self,
+        h: Tensor,
+        plan: _Plan,
+        cache_k: Tensor | None,
+        cache_v: Tensor | None,
+        last: bool = False,
     ) -> Tensor:
+        """h (B, T, D) -> (B, T, D), or (B, T', D) for the selected tokens in the last block."""
         batch, length, width = h.shape
-        q, k, v = self.qkv(self.ln_attn(h)).view(batch, length, 3, self.heads, -1).unbind(2)
-        # q, k, v: (B, T, H, Dh)
+        normed = self.ln_attn(h)
+        select = plan.select if last and plan.mode != "flash" else None
+        if select is None:
+            q, k, v = self.qkv(normed).view(batch, length, 3, self.heads, -1).unbind(2)
+            allowed, causal = plan.allowed, plan.causal
+        else:  # queries for the selected tokens only; keys and values for all of them
+            w_q, w_kv = self.qkv.weight.split((width, 2 * width))
+            b_q, b_kv = self.qkv.bias.split((width, 2 * width))
+            h = h[:, select]
+            q = F.linear(normed[:, select], w_q, b_q).view(batch, h.shape[1], self.heads, -1)
+            k, v = F.linear(normed, w_kv, b_kv).view(batch, length, 2, self.heads, -1).unbind(2)
+            allowed, causal = plan.select_allowed, False
+        # q: (B, T', H, Dh); k, v: (B, T, H, Dh)
         if cache_k is None or cache_v is None:
-            out = self._attend(q, k.transpose(1, 2), v.transpose(1, 2), plan)
+            out = self._attend(q, k.transpose(1, 2), v.transpose(1, 2), allowed, causal)
+        elif plan.mode == "fresh":  # a forward from an empty cache that it returns
+            out = self._attend(q, k.transpose(1, 2), v.transpose(1, 2), allowed, causal)
+            self._write(plan, cache_k, cache_v, k, v)
         else:
-            out = self._attend_with_cache(q, k, v, plan, cache_k, cache_v)
-        h = h + self.resid_dropout(self.proj(out.reshape(batch, length, width)))
+            out = self._attend_with_cache(q, k, v, plan, allowed, cache_k, cache_v)
+        h = h + self.resid_dropout(self.proj(out.reshape(batch, h.shape[1], width)))
         mlp = self.mlp_out(self.activation(self.mlp_in(self.ln_mlp(h))))
         return h + self.resid_dropout(mlp)
 
-    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, plan: _Plan) -> Tensor:
+    def _attend(
+        self, q: Tensor, keys: Tensor, values: Tensor, allowed: Tensor | None, causal: bool
+    ) -> Tensor:
         """q (B, T, H, Dh), keys and values (B, H, S, Dh) -> (B, T, H, Dh)."""
         backend = "sdpa" if self.backend in ("auto", "flash") else self.backend
         return attention(
             q.transpose(1, 2),
             keys,
             values,
-            plan.allowed,
-            causal=plan.causal,
+            allowed,
+            causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
             backend=backend,  # type: ignore[arg-type]
         ).transpose(1, 2)
 
     def _attend_with_cache(
-        self, q: Tensor, k: Tensor, v: Tensor, plan: _Plan, cache_k: Tensor, cache_v: Tensor
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        plan: _Plan,
+        allowed: Tensor | None,
+        cache_k: Tensor,
+        cache_v: Tensor,
     ) -> Tensor:
-        if plan.flash:
+        if plan.mode == "flash":
             # flash-attn wants (B, S, H, Dh): hand it strided views of the (B, H, S, Dh) cache.
+            start = plan.start
+            assert start is not None
             return flash_attn_kvcache(
-                q, k, v, cache_k.transpose(1, 2), cache_v.transpose(1, 2), plan.start
+                q, k, v, cache_k.transpose(1, 2), cache_v.transpose(1, 2), start
             )
-        if plan.write_first:
+        limit = plan.limit
+        if plan.mode == "append":
             self._write(plan, cache_k, cache_v, k, v)
-            return self._attend(q, cache_k, cache_v, plan)
-        keys, values = k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, Dh)
-        if plan.read_cache:
-            keys = torch.cat([cache_k, keys], 2)  # (B, H, S + T, Dh)
-            values = torch.cat([cache_v, values], 2)
-        out = self._attend(q, keys, values, plan)
+            return self._attend(q, cache_k[:, :, :limit], cache_v[:, :, :limit], allowed, False)
+        keys = torch.cat([cache_k[:, :, :limit], k.transpose(1, 2)], 2)  # (B, H, S' + T, Dh)
+        values = torch.cat([cache_v[:, :, :limit], v.transpose(1, 2)], 2)
+        out = self._attend(q, keys, values, allowed, False)
         if plan.write:
             self._write(plan, cache_k, cache_v, k, v)
         return out
 
     def _write(self, plan: _Plan, cache_k: Tensor, cache_v: Tensor, k: Tensor, v: Tensor) -> None:
+        positions = plan.positions
+        assert positions is not None
         if plan.clear is not None:
             rows = plan.clear[:, None, None, None]
             cache_k.masked_fill_(rows, 0.0)
             cache_v.masked_fill_(rows, 0.0)
         if plan.selected is not None:
-            write_cache_selected_(cache_k, k, plan.positions, plan.selected, self.ring)
-            write_cache_selected_(cache_v, v, plan.positions, plan.selected, self.ring)
-        else:
-            positions = plan.positions[:, plan.write_from :]
-            write_cache_(cache_k, k[:, plan.write_from :], positions, self.ring)
-            write_cache_(cache_v, v[:, plan.write_from :], positions, self.ring)
+            write_cache_selected_(cache_k, k, positions, plan.selected, self.ring)
+            write_cache_selected_(cache_v, v, positions, plan.selected, self.ring)
+        else:  # slots computed once per call, not per layer: positions mod S for a ring
+            slots = plan.write_slots
+            write_cache_(cache_k, k[:, plan.write_from :], slots, ring=False)
+            write_cache_(cache_v, v[:, plan.write_from :], slots, ring=False)
 
 
 class GPT(nn.Module):
@@ -192,12 +272,12 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.width = config.width
-        self.cache_size = config.window if config.window is not None else config.max_len
+        window = config.window
+        self.cache_size = config.max_len if window is None else window + config.step_tokens - 1
         self.blocks = nn.ModuleList(GPTBlock(config) for _ in range(config.layers))
         self.ln_final = nn.LayerNorm(config.width)
         self.apply(self._init_weights)
-        blocks = [block for block in self.modules() if isinstance(block, GPTBlock)]
-        for block in blocks:  # GPT-2: scale the residual projections by depth
+        for block in self.blocks:  # GPT-2: scale the residual projections by depth
             for proj in (block.proj, block.mlp_out):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * config.layers))
 
@@ -233,31 +313,161 @@ class GPT(nn.Module):
         episode_start: Tensor | None = None,
         *,
         return_state: bool = True,
+        select: Select = None,
     ) -> tuple[Tensor, State | None]:
-        """x (B, T, D) -> y (B, T, D) and the state after the last real token (detached).
+        """x (B, T, D) -> y (B, T, D) (or (B, T', D) for `select`) and the state after the last
+        real token (detached).
 
         `state` (not modified) is the cache to continue from; `return_state=False` skips
         building the returned cache (cheaper in training; the second output is then None).
         """
         check_inputs("GPT", x, self.width, mask, episode_start)
         if state is None:
-            read_cache = False
             cache = self.initial_state(x.shape[0], x.device) if return_state else None
         else:
             check_state("GPT", state, x.shape[0], ("pos", "k.0", "v.0"))
-            read_cache = True
             cache = {key: t.clone() for key, t in state.items()} if return_state else state
-        start = cache["pos"] if cache is not None else x.new_zeros(x.shape[0], dtype=torch.long)
-        plan = self._plan(x, start, mask, episode_start, read_cache, return_state, flash=False)
-        y = self._run(x, plan, cache)
+        start = None if state is None else state["pos"]
+        plan = self._plan(x, start, mask, episode_start, return_state, select, step=False)
+        y = self._run(x, plan, cache if state is not None or return_state else None)
         if cache is not None and return_state:
             cache["pos"] = plan.end
         return y, cache if return_state else None
 
-    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, n, D) -> y (B, n, D): append n tokens to the cache (in place) and attend."""
+    def step(self, x: Tensor, state: State, *, select: Select = None) -> tuple[Tensor, State]:
+        """x (B, n, D) -> y (B, n, D) (or the `select`ed tokens): append n tokens to the cache
+        (in place) and attend."""
         check_inputs("GPT", x, self.width, None, None)
         check_state("GPT", state, x.shape[0], ("pos", "k.0", "v.0"))
+        plan = self._plan(x, state["pos"], None, None, True, select, step=True)
+        y = self._run(x, plan, state)
+        if plan.mode == "flash" and select is not None:
+            y = y[:, select]
+        state["pos"].add_(x.shape[1])
+        return y, state
+
+    def _run(self, x: Tensor, plan: _Plan, cache: State | None) -> Tensor:
+        h, last = x, len(self.blocks) - 1
+        for layer, block in enumerate(self.blocks):
+            if cache is None:
+                h = block(h, plan, None, None, layer == last)
+            else:
+                h = block(h, plan, cache[f"k.{layer}"], cache[f"v.{layer}"], layer == last)
+        return self.ln_final(h)
+
+    def _plan(
+        self,
+        x: Tensor,
+        start: Tensor | None,
+        mask: Tensor | None,
+        episode_start: Tensor | None,
+        write: bool,
+        select: Select,
+        step: bool,
+    ) -> _Plan:
+        batch, length, _ = x.shape
+        device, window, size = x.device, self.config.window, self.cache_size
+        ring = window is not None
+        simple = mask is None and episode_start is None
+        if start is None and not write:  # training: no cache in, none out
+            allowed, causal = self._fresh_mask(length, mask, episode_start, device)
+            plan = _Plan(mode="fresh", allowed=allowed, causal=causal)
+            return self._with_select(plan, select, length, device)
+        begin = start if start is not None else x.new_zeros(batch, dtype=torch.long)
+        steps = torch.arange(length, device=device)
+        if simple:
+            positions = begin[:, None] + steps  # (B, T)
+            end = begin + length
+            valid = torch.ones(batch, length, dtype=torch.bool, device=device)
+            seg = torch.zeros(batch, length, dtype=torch.long, device=device)
+        else:
+            valid = mask if mask is not None else torch.ones_like(episode_start)  # type: ignore[arg-type]
+            starts = episode_start if episode_start is not None else torch.zeros_like(valid)
+            seg = segment_ids(starts)
+            positions = token_positions(valid, starts, begin)
+            end = _episode_end(positions, valid, seg)
+            end = torch.where(seg[:, -1] > 0, end, torch.maximum(end, begin))
+        if not ring and write and bool((end > size).any()):
+            raise ValueError(
+                f"GPT: an episode reached {int(end.max())} tokens but max_len={size} with "
+                "window=None. Raise max_len, use a sliding window (window=W), or call "
+                "reset_state at episode ends."
+            )
+        writes: dict = {"positions": positions, "start": begin, "end": end} if write else {}
+        if simple and write:
+            write_from = max(0, length - size) if ring else 0
+            slots = positions[:, write_from:]
+            writes["write_from"] = write_from
+            writes["write_slots"] = torch.remainder(slots, size) if ring else slots
+        elif write:
+            in_last = seg == seg[:, -1:]
+            writes["selected"] = valid & in_last & (positions >= end[:, None] - size)
+            writes["clear"] = seg[:, -1] > 0
+        if start is None:  # forward from an empty cache that it returns
+            if simple:
+                allowed, causal = self._fresh_mask(length, mask, episode_start, device)
+            else:
+                allowed = attention_mask(
+                    positions, positions, seg, seg, valid, steps, steps, window
+                )
+                causal = False
+            plan = _Plan(mode="fresh", allowed=allowed, causal=causal, **writes)
+            return self._with_select(plan, select, length, device)
+        if step and self._use_flash(x):
+            return _Plan(mode="flash", allowed=None, select=select, **writes)
+        if simple and write and (length <= self.config.step_tokens or not ring):
+            # append first: each query reads the slots that hold its window after writing
+            limit = size if ring or torch.jit.is_tracing() else int(end.max())
+            held = cache_slot_positions(end, size, ring)[:, None, :limit]  # (B, 1, S')
+            allowed = (held >= 0) & (held <= positions[:, :, None])  # (B, T, S')
+            if ring:
+                allowed = allowed & (positions[:, :, None] - held < window)
+            plan = _Plan(mode="append", allowed=allowed[:, None], limit=limit, **writes)
+            return self._with_select(plan, select, length, device)
+        limit = size if ring or torch.jit.is_tracing() else int(begin.max())
+        allowed = attention_mask(positions, positions, seg, seg, valid, steps, steps, window)
+        held = cache_slot_positions(begin, size, ring)[:, :limit]  # (B, S')
+        zeros, cache_index = torch.zeros_like(held), torch.full((limit,), -1, device=device)
+        from_cache = attention_mask(
+            positions, held, seg, zeros, held >= 0, steps, cache_index, window
+        )
+        allowed = torch.cat([from_cache, allowed], -1)  # (B, 1, T, S' + T)
+        plan = _Plan(mode="concat", allowed=allowed, limit=limit, **writes)
+        return self._with_select(plan, select, length, device)
+
+    def _fresh_mask(
+        self, length: int, mask: Tensor | None, episode_start: Tensor | None, device: torch.device
+    ) -> tuple[Tensor | None, bool]:
+        """(allowed, causal) for attention over the chunk alone, no incoming cache."""
+        window = self.config.window
+        if mask is None and episode_start is None:
+            if window is None:
+                return None, True
+            return banded_causal_mask(length, window, device), False
+        if episode_start is None and bool((mask[:, :-1] <= mask[:, 1:]).all()):  # type: ignore[index]
+            # left padding only: index distances are real-token distances
+            base = (
+                causal_mask(length, device)
+                if window is None
+                else banded_causal_mask(length, window, device)
+            )
+            return base & mask[:, None, None, :], False  # type: ignore[index]  # (B, 1, T, T)
+        valid = mask if mask is not None else torch.ones_like(episode_start)  # type: ignore[arg-type]
+        starts = episode_start if episode_start is not None else torch.zeros_like(valid)
+        positions, steps = token_positions(valid, starts), torch.arange(length, device=device)
+        seg = segment_ids(starts)
+        return attention_mask(positions, positions, seg, seg, valid, steps, steps, window), False
+
+    def _with_select(self, plan: _Plan, select: Select, length: int, device: torch.device) -> _Plan:
+        if select is None:
+            return plan
+        plan.select = select
+        allowed = causal_mask(length, device) if plan.causal else plan.allowed
+        assert allowed is not None
+        plan.select_allowed = allowed[..., select, :]
+        return plan
+
+    def _use_flash(self, x: Tensor) -> bool:
         flash = self.config.backend in ("auto", "flash") and can_use_flash_kvcache(
             x, self.config.window is not None
         )
@@ -266,102 +476,7 @@ class GPT(nn.Module):
                 "GPT: backend='flash' needs CUDA, float16/bfloat16, window=None and the flash-attn "
                 "package; use backend='auto' to fall back to SDPA."
             )
-        start = state["pos"]
-        plan = self._plan(x, start, None, None, True, True, flash=flash)
-        y = self._run(x, plan, state)
-        state["pos"].add_(x.shape[1])
-        return y, state
-
-    def _run(self, x: Tensor, plan: _Plan, cache: State | None) -> Tensor:
-        h = x
-        for layer, block in enumerate(self.blocks):
-            if cache is None:
-                h = block(h, plan, None, None)
-            else:
-                h = block(h, plan, cache[f"k.{layer}"], cache[f"v.{layer}"])
-        return self.ln_final(h)
-
-    def _plan(
-        self,
-        x: Tensor,
-        start: Tensor,
-        mask: Tensor | None,
-        episode_start: Tensor | None,
-        read_cache: bool,
-        write: bool,
-        flash: bool,
-    ) -> _Plan:
-        batch, length, _ = x.shape
-        device, window, size = x.device, self.config.window, self.cache_size
-        ring = window is not None
-        steps = torch.arange(length, device=device)
-        simple = mask is None and episode_start is None
-        if simple:
-            positions = start[:, None] + steps  # (B, T)
-            end = start + length
-            valid = torch.ones(batch, length, dtype=torch.bool, device=device)
-            seg = torch.zeros(batch, length, dtype=torch.long, device=device)
-        else:
-            valid = mask if mask is not None else torch.ones_like(episode_start)  # type: ignore[arg-type]
-            starts = episode_start if episode_start is not None else torch.zeros_like(valid)
-            seg = segment_ids(starts)
-            positions = token_positions(valid, starts, start)
-            end = _episode_end(positions, valid, seg)
-            end = torch.where(seg[:, -1] > 0, end, torch.maximum(end, start))
-        if not ring and write and bool((end > size).any()):
-            raise ValueError(
-                f"GPT: an episode reached {int(end.max())} tokens but max_len={size} with "
-                "window=None. Raise max_len, use a sliding window (window=W), or call "
-                "reset_state at episode ends."
-            )
-        allowed, causal = None, False
-        # Appending first is exact unless the new tokens overwrite ring slots that earlier new
-        # tokens still need (n > 1 with a ring); it saves copying the cache at every step.
-        write_first = read_cache and simple and write and not flash and (not ring or length == 1)
-        if flash:
-            pass
-        elif write_first:
-            held = cache_slot_positions(end, size, ring)[:, None, :]  # (B, 1, S) after writing
-            allowed = (held >= 0) & (held <= positions[:, :, None])  # (B, T, S)
-            if ring:
-                allowed = allowed & (positions[:, :, None] - held < size)
-            allowed = allowed[:, None]  # (B, 1, T, S)
-        elif not read_cache and simple:
-            if window is not None:
-                allowed = banded_causal_mask(length, window, device)  # (T, T)
-            else:
-                causal = True
-        else:
-            allowed = attention_mask(positions, positions, seg, seg, valid, steps, steps, window)
-            if read_cache:
-                held = cache_slot_positions(start, size, ring)  # (B, S)
-                zeros = torch.zeros_like(held)
-                cache_index = torch.full((size,), -1, device=device)
-                from_cache = attention_mask(
-                    positions, held, seg, zeros, held >= 0, steps, cache_index, window
-                )
-                allowed = torch.cat([from_cache, allowed], -1)  # (B, 1, T, S + T)
-        selected, clear, write_from = None, None, 0
-        if write and simple:
-            write_from = max(0, length - size) if ring else 0
-        elif write:
-            in_last = seg == seg[:, -1:]
-            selected = valid & in_last & (positions >= end[:, None] - size)
-            clear = seg[:, -1] > 0
-        return _Plan(
-            allowed,
-            causal,
-            read_cache,
-            write_first,
-            positions,
-            start,
-            end,
-            write,
-            write_from,
-            selected,
-            clear,
-            flash,
-        )
+        return flash
 
 
 def _episode_end(positions: Tensor, valid: Tensor, seg: Tensor) -> Tensor:

@@ -15,17 +15,23 @@ starts close to the identity. Attention scores use Transformer-XL's relative pos
 
 Memory semantics, chosen so that stepping and the parallel forward compute one function: each
 token at layer l attends to itself and the previous M real layer-l inputs of its episode (relative
-distances 0..M). The memory is those M previous hidden states per layer, carried in `state` and
-detached, so training on consecutive segments (truncated backpropagation) carries context without
-carrying gradients. A parallel forward over a long sequence is the same banded computation.
+distances 0..M). The memory holds the keys and values of those M previous tokens per layer
+(W_kv LN(E) of each, computed once when the token was new), carried in `state` and detached, so
+training on consecutive segments (truncated backpropagation) carries context without carrying
+gradients, and a step projects only its new tokens. A parallel forward over a long sequence is
+the same banded computation.
 
 What differs from the paper: a final LayerNorm on the output (the residual stream of a pre-LN
 stack is not normalised), padding and episode starts inside a chunk (padded tokens are skipped,
-an episode start empties the memory), and the memory length is exact per token (banded) rather
-than "the previous segment".
+an episode start empties the memory), the memory length is exact per token (banded) rather than
+"the previous segment", and the memory stores keys and values rather than hidden states: the
+paper re-projects its stored hidden states with the current weights at every step (and sends
+gradient into W_kv through them); here they are projected once, with the weights of the step
+that produced them, which is also what a rollout acted on.
 
-State: {"length": (B,) real entries in memory, "memory.l": (B, M, D) per layer l, oldest first,
-right-aligned}. Both `step` and `forward` return new tensors (the memory is small).
+State: {"length": (B,) real entries in memory, "key.l"/"value.l": (B, M, D) per layer l, oldest
+first, right-aligned}. Both `step` and `forward` return new tensors (the memory is small).
+`select` (forward and step) computes the last block's outputs for the selected tokens only.
 """
 
 from __future__ import annotations
@@ -136,13 +142,28 @@ class GTrXLBlock(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.register_buffer("table", sinusoid_table(config.memory + 1, width), persistent=False)
 
-    def forward(self, h: Tensor, memory: Tensor, allowed: Tensor, distance: Tensor) -> Tensor:
-        """h (B, T, D), memory (B, M, D), allowed (B, 1, T, M+T), distance (B, T, M+T) in 0..M."""
+    def forward(
+        self,
+        h: Tensor,
+        memory: tuple[Tensor, Tensor],
+        allowed: Tensor,
+        distance: Tensor,
+        select: slice | Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """h (B, T, D), memory: keys and values (B, M, D), allowed (B, 1, T, M+T), distance
+        (B, T, M+T) in 0..M -> output (B, T, D) (or (B, T', D) for `select`) and the keys and
+        values of the stream [memory, h], each (B, M + T, D)."""
         batch, length, width = h.shape
         heads, head_width = self.heads, width // self.heads
-        normed = self.ln_attn(torch.cat([memory, h], 1))  # (B, M + T, D)
-        q = self.query(normed[:, -length:]).view(batch, length, heads, head_width)
-        k, v = self.key_value(normed).view(batch, -1, 2, heads, head_width).unbind(2)
+        normed = self.ln_attn(h)  # (B, T, D)
+        new_k, new_v = self.key_value(normed).chunk(2, -1)  # (B, T, D) each
+        keys, values = torch.cat([memory[0], new_k], 1), torch.cat([memory[1], new_v], 1)
+        if select is not None:
+            h, normed = h[:, select], normed[:, select]
+            allowed, distance = allowed[:, :, select], distance[:, select]
+        length = h.shape[1]
+        q = self.query(normed).view(batch, length, heads, head_width)
+        k, v = keys.view(batch, -1, heads, head_width), values.view(batch, -1, heads, head_width)
         r = self.relative(self.table).view(-1, heads, head_width)  # (M + 1, H, Dh)
         by_distance = torch.einsum("bthd,mhd->bhtm", q + self.position_bias, r)  # (B, H, T, M+1)
         index = distance[:, None].expand(-1, heads, -1, -1)  # (B, H, T, M + T)
@@ -159,7 +180,7 @@ class GTrXLBlock(nn.Module):
         y_bar = self.out(attended.transpose(1, 2).reshape(batch, length, width))
         y = self.gate_attn(h, torch.relu(self.drop(y_bar)))
         e_bar = self.mlp(self.ln_mlp(y))
-        return self.gate_mlp(y, torch.relu(self.drop(e_bar)))
+        return self.gate_mlp(y, torch.relu(self.drop(e_bar))), keys, values
 
 
 class GTrXL(nn.Module):
@@ -173,13 +194,14 @@ class GTrXL(nn.Module):
         self.ln_final = nn.LayerNorm(config.width)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
-        """An empty memory: {"length": (B,), "memory.l": (B, M, D)}."""
+        """An empty memory: {"length": (B,), "key.l"/"value.l": (B, M, D)}."""
         param = self.ln_final.weight
         device = param.device if device is None else device
         shape = (batch_size, self.config.memory, self.width)
         state = {"length": torch.zeros(batch_size, dtype=torch.long, device=device)}
         for layer in range(self.config.layers):
-            state[f"memory.{layer}"] = torch.zeros(shape, dtype=param.dtype, device=device)
+            state[f"key.{layer}"] = torch.zeros(shape, dtype=param.dtype, device=device)
+            state[f"value.{layer}"] = torch.zeros(shape, dtype=param.dtype, device=device)
         return state
 
     def reset_state(self, state: State, done: Tensor) -> State:
@@ -194,26 +216,35 @@ class GTrXL(nn.Module):
         episode_start: Tensor | None = None,
         *,
         return_state: bool = True,
+        select: slice | Tensor | None = None,
     ) -> tuple[Tensor, State | None]:
-        """x (B, T, D) -> y (B, T, D) and the memory after the last real token (detached)."""
+        """x (B, T, D) -> y (B, T, D) (or (B, T', D) for `select`) and the memory after the
+        last real token (detached)."""
         check_inputs("GTrXL", x, self.width, mask, episode_start)
-        y, new_state = self._run(x, state, mask, episode_start)
+        y, new_state = self._run(x, state, mask, episode_start, select)
         return y, detach_state(new_state) if return_state else None
 
-    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def step(
+        self, x: Tensor, state: State, *, select: slice | Tensor | None = None
+    ) -> tuple[Tensor, State]:
         """x (B, n, D) -> y (B, n, D), attending over the memory and the n new tokens."""
         check_inputs("GTrXL", x, self.width, None, None)
-        y, new_state = self._run(x, state, None, None)
+        y, new_state = self._run(x, state, None, None, select)
         return y, detach_state(new_state)
 
     def _run(
-        self, x: Tensor, state: State | None, mask: Tensor | None, episode_start: Tensor | None
+        self,
+        x: Tensor,
+        state: State | None,
+        mask: Tensor | None,
+        episode_start: Tensor | None,
+        select: slice | Tensor | None,
     ) -> tuple[Tensor, State]:
         batch, length, _ = x.shape
         size, device = self.config.memory, x.device
         if state is None:
             state = self.initial_state(batch, device)
-        check_state("GTrXL", state, batch, ("length", "memory.0"))
+        check_state("GTrXL", state, batch, ("length", "key.0", "value.0"))
         simple = mask is None and episode_start is None
         valid = (
             mask if mask is not None else torch.ones(batch, length, dtype=torch.bool, device=device)
@@ -240,15 +271,15 @@ class GTrXL(nn.Module):
             last = seg[:, -1:]
             keep = torch.cat([memory_valid & (last == 0), valid & (seg == last)], 1)
         new_state: State = {}
-        h = x
+        h, last = x, len(self.blocks) - 1
         for layer, block in enumerate(self.blocks):
-            memory = state[f"memory.{layer}"].detach()
-            stream = torch.cat([memory, h], 1)  # (B, M + T, D)
-            if keep is None:
-                new_state[f"memory.{layer}"] = stream[:, -size:]
-            else:
-                new_state[f"memory.{layer}"], count = compact_last(stream.detach(), keep, size)
-            h = block(h, memory, allowed, distance)
+            memory = (state[f"key.{layer}"].detach(), state[f"value.{layer}"].detach())
+            h, keys, values = block(h, memory, allowed, distance, select if layer == last else None)
+            for name, stream in (("key", keys), ("value", values)):  # (B, M + T, D)
+                if keep is None:
+                    new_state[f"{name}.{layer}"] = stream[:, -size:]
+                else:
+                    new_state[f"{name}.{layer}"], count = compact_last(stream.detach(), keep, size)
         if keep is None:
             new_state["length"] = (state["length"] + length).clamp(max=size)
         else:

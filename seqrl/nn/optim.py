@@ -6,12 +6,28 @@ Keeping this in one place means every agent logs the same `train/grad_norm` (the
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
+
+GradientSync = Callable[[list[torch.nn.Parameter]], None]
+_GRADIENT_SYNC: list[GradientSync] = []
+
+
+@contextlib.contextmanager
+def synchronized_gradients(sync: GradientSync) -> Iterator[None]:
+    """Within the block, `optimizer_step` calls `sync(params)` right after `backward` with the
+    optimizer's parameters (data-parallel training averages gradients across ranks there:
+    `seqrl.train.distributed`)."""
+    _GRADIENT_SYNC.append(sync)
+    try:
+        yield
+    finally:
+        _GRADIENT_SYNC.remove(sync)
 
 
 def optimizer_step(
@@ -31,6 +47,8 @@ def optimizer_step(
     params = [p for p in parameters]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if _GRADIENT_SYNC:  # data-parallel: every rank's gradients -> their mean
+        _GRADIENT_SYNC[-1]([p for group in optimizer.param_groups for p in group["params"]])
     grads = [p.grad for p in params if p.grad is not None]
     if max_grad_norm is not None:
         if max_grad_norm <= 0:

@@ -104,6 +104,8 @@ def _rank_one_update(C: Tensor, scale: Tensor, left: Tensor, right: Tensor) -> T
 
     C: (B, H, Dv, Dk), scale: (B, H, 1), left: (B, H, Dv), right: (B, H, Dk).
     """
+    if torch.jit.is_tracing():  # an in-place update of a view is lost in ONNX export
+        return scale[..., None] * C + left[..., :, None] * right[..., None, :]
     value_width, key_width = C.shape[-2:]
     out = scale[..., None] * C  # a new tensor, so the in-place update below is safe
     out.view(-1, value_width, key_width).baddbmm_(
@@ -181,4 +183,5 @@ class HeadwiseNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         grouped = x.view(*shape[:-1], self.heads, -1)  # (..., H, Dh)
-        return F.layer_norm(grouped, grouped.shape[-1:]).view(shape) * self.weight
+        head_width = self.weight.shape[0] // self.heads  # an int, also while tracing
+        return F.layer_norm(grouped, (head_width,)).view(shape) * self.weight

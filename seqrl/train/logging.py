@@ -15,6 +15,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from seqrl.checkpoint import write_text_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -27,12 +29,32 @@ def _scalar(value: Any) -> float | None:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
-    """Every record of a run's metrics.jsonl, in order."""
+    """Every record of a run's metrics.jsonl, in order.
+
+    A torn last line (the process was killed while writing it) is skipped; a damaged line
+    before it is a one-line `ValueError` naming the line.
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: has this run logged anything yet?")
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    lines = path.read_bytes().split(b"\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError):
+            if number == len(lines):  # no newline after it: a torn last write
+                break
+            raise ValueError(
+                f"{path}: line {number} is not a JSON record. Fix: delete that line (the "
+                "checkpoints do not depend on this file)"
+            ) from None
+        records.append(record)
+    return records
 
 
 class RunLogger:
@@ -75,7 +97,7 @@ class RunLogger:
         if not path.is_file():
             return
         kept = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def advance(self, step: int) -> None:
         """Move the progress bar to `step`."""

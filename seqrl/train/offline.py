@@ -21,7 +21,8 @@ from typing import Any, Protocol
 from seqrl.core import Agent
 from seqrl.envs.evaluate import EvalResult, evaluate
 from seqrl.envs.scores import ReferenceScores
-from seqrl.train.session import RunSession, ScheduleConfig
+from seqrl.train.distributed import SINGLE, DataParallel, World
+from seqrl.train.session import RunSession, ScheduleConfig, describe_run
 
 
 class Sampler(Protocol):
@@ -83,10 +84,12 @@ def train_offline(
     eval_target: EvalTarget | None = None,
     resume: bool = False,
     progress: bool = True,
+    world: World = SINGLE,
 ) -> dict[str, float]:
     """Train `agent` on batches from `sampler` for `config.steps` updates; return the last metrics.
 
     With `resume=True`, continue from the run's latest checkpoint (error if it has none).
+    `world`: the data-parallel ranks when launched by torchrun (`seqrl.train.distributed`).
     """
 
     def evaluate_now() -> EvalResult:
@@ -95,23 +98,34 @@ def train_offline(
             agent, eval_target, config.eval_episodes, config.eval_num_envs, config.eval_seed
         )
 
+    parallel = DataParallel(world, agent)  # a pass-through in one process
     session = RunSession(
         run_dir,
         agent,
         config,
         config.steps,
         unit="update",
-        evaluate=None if eval_target is None else evaluate_now,
-        loop_state=lambda: {"sampler": sampler.state_dict()},
+        evaluate=None if eval_target is None or not world.is_main else evaluate_now,
+        loop_state=lambda: parallel.loop_state({"sampler": sampler.state_dict()}),
         resume=resume,
         progress=progress,
+        world=world,
+        describe=lambda: describe_run(
+            agent,
+            config,
+            None if eval_target is None else eval_target.env_id,
+            None if eval_target is None else eval_target.env_kwargs,
+            None if eval_target is None else eval_target.policy_options,
+            None if eval_target is None else eval_target.reference,
+        ),
     )
-    with session as run:
-        if resume:
-            sampler.load_state_dict(run.restored["sampler"])
+    with session as run, parallel.training(run.logger.write):
+        if "sampler" in run.restored:
+            sampler.load_state_dict(parallel.restore(run.restored)["sampler"])
         while run.active():
-            metrics = agent.update(sampler.sample())
+            batch = sampler.sample()
+            metrics = parallel.after_update(run.update(batch), batch)
             step = run.step + 1
             log = step % max(config.log_every, 1) == 0 or step >= config.steps
-            run.advance(1, metrics if log else None)
+            run.advance(1, parallel.metrics(metrics) if log else None)
     return run.last

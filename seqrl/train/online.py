@@ -35,7 +35,7 @@ from seqrl.buffers.rollout import RolloutBuffer
 from seqrl.core import Agent, RolloutSettings
 from seqrl.envs import final_observations, make_vector_env
 from seqrl.train.offline import EvalTarget, run_evaluation
-from seqrl.train.session import RunSession, ScheduleConfig
+from seqrl.train.session import RunSession, ScheduleConfig, describe_run
 
 
 @dataclass
@@ -95,6 +95,23 @@ class EpisodeStats:
         return out
 
 
+def exact_budget(config: OnlineConfig) -> int:
+    """The env steps a run really trains: whole rollouts of num_envs x rollout_steps, the
+    first multiple of it at or above `steps`."""
+    per_update = config.num_envs * config.rollout_steps
+    return -(-config.steps // per_update) * per_update
+
+
+def budget_line(config: OnlineConfig) -> str:
+    """What a budget that is not a whole number of rollouts becomes, said up front."""
+    per_update = config.num_envs * config.rollout_steps
+    total = exact_budget(config)
+    return (
+        f"train.steps={config.steps} is not a multiple of num_envs x rollout_steps = "
+        f"{per_update}: the run trains {total} env steps ({total // per_update} updates)"
+    )
+
+
 def train_online(
     agent: Agent,
     env_id: str,
@@ -127,18 +144,24 @@ def train_online(
             agent, target, config.eval_episodes, config.eval_num_envs, config.eval_seed
         )
 
+    total = exact_budget(config)
     session = RunSession(
         run_dir,
         agent,
         config,
-        config.steps,
+        total,
         unit="env-step",
         evaluate=evaluate_now,
         resume=resume,
         progress=progress,
+        describe=lambda: describe_run(
+            agent, config, env_id, env_kwargs, target.policy_options, None, seed
+        ),
     )
     envs = None
     with session as run:
+        if total != config.steps:
+            run.logger.write(budget_line(config))
         try:
             envs = make_vector_env(env_id, num_envs, seed, config.asynchronous, **env_kwargs)
             buffer = RolloutBuffer(num_envs, steps, rollout.chunk_len or steps)
@@ -166,7 +189,7 @@ def train_online(
                         reward = np.where(done, 0.0, reward)
                     obs = next_obs
                 collected = time.perf_counter()
-                metrics = agent.update(buffer.finish(obs))
+                metrics = run.update(buffer.finish(obs))
                 updated = time.perf_counter()
                 metrics.update(episodes.pop_metrics())
                 metrics["perf/collect_steps_per_s"] = num_envs * steps / (collected - began)

@@ -5,7 +5,7 @@ the evaluation schedule and its log line.
 with RunSession(run_dir, agent, config, total, unit, evaluate=..., resume=...) as run:
     sampler.load_state_dict(run.restored["sampler"])      # loop state saved with a checkpoint
     while run.active():                                    # Ctrl-C stops here, never mid-update
-        metrics = agent.update(...)
+        metrics = run.update(batch)                        # agent.update, non-finite guarded
         run.advance(steps_done, metrics)                   # log, checkpoint, evaluate when due
 ```
 
@@ -18,30 +18,44 @@ it is written (unless one was just written) and `KeyboardInterrupt` is raised fr
 a checkpoint always holds weights and optimizer state of whole steps under the right step number.
 A second Ctrl-C stops at once without a checkpoint (the agent may be mid-update); the last
 checkpoint stays valid.
+
+Reliability (docs/reliability.md): the session holds the run's lock (`checkpoint.run_lock`), so
+a second process training into the same directory is refused; on resume it removes leftovers of
+interrupted writes and takes the newest checkpoint that verifies (a run directory with a config
+but no checkpoint yet starts from step 0). `run.update(batch)` is the guarded `agent.update`: a
+non-finite `train/loss` or `train/grad_norm` stops training with `NonFiniteError` (no checkpoint
+of the poisoned weights is written), or with `train.skip_nonfinite` the update is undone from a
+copy of the state taken before it and counted as `train/nonfinite_skipped`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from seqrl.checkpoint import (
-    checkpoint_step,
-    latest_checkpoint,
+    clean_leftovers,
+    find_checkpoint,
+    has_config,
     load_checkpoint,
     rng_state,
+    run_lock,
     save_checkpoint,
+    save_config,
     set_rng_state,
 )
 from seqrl.core import Agent
 from seqrl.envs.evaluate import EvalResult
+from seqrl.train.distributed import SINGLE, QuietLogger, World
 from seqrl.train.logging import RunLogger
 
 
@@ -61,6 +75,33 @@ class ScheduleConfig:
     """Write a checkpoint every this many steps (and always at the end)."""
     keep_checkpoints: int = 3
     """How many checkpoints to keep."""
+    skip_nonfinite: bool = False
+    """Skip (undo) an update whose `train/loss` or `train/grad_norm` is NaN/inf and go on,
+    counted as `train/nonfinite_skipped`, instead of stopping the run. Costs a copy of the agent's
+    state before every update."""
+
+    def __post_init__(self) -> None:
+        # Every integer loop setting is a count (>= 1), an interval `*_every` (>= 0, 0 = only at
+        # the end) or a seed (>= 0); subclasses get the same checks for their own fields.
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                continue
+            minimum = 0 if item.name.endswith(("_every", "_seed")) else 1
+            if value < minimum:
+                meaning = " (0 = only at the end)" if item.name.endswith("_every") else ""
+                raise ValueError(
+                    f"train.{item.name} must be >= {minimum}{meaning}, got {value}. Fix: "
+                    f"--set train.{item.name}=N with N >= {minimum}"
+                )
+
+
+GUARDED_METRICS = ("train/loss", "train/grad_norm")
+"""The metrics whose non-finite value means the update poisoned the agent."""
+
+
+class NonFiniteError(ArithmeticError):
+    """Training stopped at a non-finite loss or gradient; the last checkpoint is kept."""
 
 
 def crossed(every: int, before: int, after: int) -> bool:
@@ -80,8 +121,14 @@ class RunSession:
         evaluate: `evaluate()` -> `EvalResult` of the agent's current policy, or None.
         loop_state: `loop_state()` -> extra state to checkpoint (sampler); restored as
             `self.restored` on resume.
-        resume: continue from the run's latest checkpoint (error if it has none).
+        resume: continue from the run's newest valid checkpoint (from step 0 when the run has a
+            config but no checkpoint yet; an error when it has neither).
         progress: show the progress bar.
+        world: the data-parallel ranks (`seqrl.train.distributed`): only rank 0 locks, logs
+            and writes checkpoints; a stop requested on any rank stops all.
+        describe: `describe()` -> the run config to write as `config.yaml` with the first
+            checkpoint when the run directory has none (a run driven from Python rather than
+            `seqrl train`), so `seqrl eval` and `load_policy` can read it.
     """
 
     def __init__(
@@ -95,32 +142,63 @@ class RunSession:
         loop_state: Callable[[], dict[str, Any]] = dict,
         resume: bool = False,
         progress: bool = True,
+        world: World = SINGLE,
+        describe: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
+        self.world, self.describe = world, describe
         self.run_dir, self.agent, self.schedule = Path(run_dir), agent, schedule
         self.total, self.evaluate, self.loop_state = total, evaluate, loop_state
         self.step = self.start = 0
         self.restored: dict[str, Any] = {}
-        if resume:
-            folder = latest_checkpoint(self.run_dir)
-            if folder is None:
+        self.nonfinite_skipped = 0
+        self._lock = run_lock(self.run_dir) if world.is_main else contextlib.nullcontext()
+        self._lock.__enter__()
+        try:
+            notes = self._resume() if resume else []
+            self.saved_step = self.start if self.restored else None
+            self.last: dict[str, float] = {}
+            self.logger = (
+                RunLogger(self.run_dir, total, self.start, unit=unit, progress=progress)
+                if world.is_main
+                else QuietLogger()
+            )
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        for note in notes:
+            self.logger.write(note)
+        if self.start >= total:
+            self.logger.write(
+                f"{self.run_dir}: already trained for {self.start} steps (of {total}); extend "
+                f"it with --resume {self.run_dir} --steps N"
+            )
+        self._stop_requested: Callable[[], bool] = lambda: False
+        self._interrupt: contextlib.AbstractContextManager | None = None
+
+    def _resume(self) -> list[str]:
+        """Load the newest valid checkpoint; returns the lines to tell the user."""
+        leftovers = clean_leftovers(self.run_dir) if self.world.is_main else []
+        notes = [f"removed leftover {name}" for name in leftovers]
+        choice = find_checkpoint(self.run_dir)
+        notes += [f"skipped {line}" for line in choice.skipped]
+        if choice.folder is None:
+            if choice.skipped:  # checkpoints there, none valid: never silently start over
+                raise ValueError(
+                    f"{self.run_dir} has no valid checkpoint to resume from: {choice.skipped[0]}"
+                )
+            if not has_config(self.run_dir):
                 raise FileNotFoundError(
                     f"{self.run_dir} has no complete checkpoint to resume from; start a new run "
                     "instead"
                 )
-            agent_state, saved = load_checkpoint(folder)
-            agent.load_state_dict(agent_state)
-            set_rng_state(saved["rng"])
-            self.restored = saved
-            self.step = self.start = checkpoint_step(folder)
-        self.saved_step = self.start if resume else None
-        self.last: dict[str, float] = {}
-        self.logger = RunLogger(self.run_dir, total, self.start, unit=unit, progress=progress)
-        if self.start >= total:
-            self.logger.write(
-                f"{self.run_dir}: already trained for {self.start} steps (of {total})"
-            )
-        self._stop_requested: Callable[[], bool] = lambda: False
-        self._interrupt: contextlib.AbstractContextManager | None = None
+            return [*notes, f"{self.run_dir} has no checkpoint yet: starting from step 0"]
+        agent_state, saved = load_checkpoint(choice.folder)
+        self.agent.load_state_dict(agent_state)
+        set_rng_state(saved["rng"])
+        self.restored = saved
+        self.nonfinite_skipped = int(saved.get("nonfinite_skipped", 0))
+        self.step = self.start = choice.step
+        return notes
 
     # ---- the context ------------------------------------------------------------------------
     def __enter__(self) -> RunSession:
@@ -140,6 +218,7 @@ class RunSession:
             if self._interrupt is not None:
                 self._interrupt.__exit__(None, None, None)
             self.logger.close()
+            self._lock.__exit__(None, None, None)
 
     # ---- the loop's calls ---------------------------------------------------------------------
     @property
@@ -149,11 +228,34 @@ class RunSession:
     def active(self) -> bool:
         """Whether to run another step; at a requested stop, checkpoint and raise
         KeyboardInterrupt."""
-        if self._stop_requested():
+        if self.world.any(self._stop_requested()):
             if self.step > self.start and self.saved_step != self.step:
                 self.checkpoint()
             raise KeyboardInterrupt
         return not self.finished
+
+    def update(self, batch: Any) -> dict[str, float]:
+        """`agent.update(batch)`, guarded against non-finite losses and gradients (see the
+        module docstring)."""
+        skip = self.schedule.skip_nonfinite
+        before = copy.deepcopy(self.agent.state_dict()) if skip else None
+        metrics = self.agent.update(batch)
+        bad = {k: metrics[k] for k in GUARDED_METRICS if not _finite(metrics.get(k, 0.0))}
+        if bad and before is not None:
+            self.agent.load_state_dict(before)
+            self.nonfinite_skipped += 1
+        elif bad:
+            key, value = next(iter(bad.items()))
+            where = f"step {self.saved_step}" if self.saved_step is not None else "none yet"
+            raise NonFiniteError(
+                f"{key} is {value} in the update after step {self.step}: training stopped, the "
+                f"last good checkpoint ({where}) is kept. Fix: lower agent.lr or check the data, "
+                f"then --resume {self.run_dir}; or --set train.skip_nonfinite=true to skip such "
+                "batches"
+            )
+        if self.nonfinite_skipped:
+            metrics = {**metrics, "train/nonfinite_skipped": float(self.nonfinite_skipped)}
+        return metrics
 
     def advance(self, steps: int, metrics: dict[str, float] | None) -> None:
         """Count `steps` more steps done; log `metrics` (None: only move the progress bar),
@@ -177,14 +279,62 @@ class RunSession:
 
     def checkpoint(self) -> None:
         loop_state = {**self.loop_state(), "step": self.step, "rng": rng_state()}
-        save_checkpoint(
-            self.run_dir,
-            self.step,
-            self.agent.state_dict(),
-            loop_state,
-            keep=self.schedule.keep_checkpoints,
-        )
+        loop_state["nonfinite_skipped"] = self.nonfinite_skipped
+        if self.world.is_main and self.describe is not None and not has_config(self.run_dir):
+            described = self.describe()
+            if described is not None:
+                save_config(self.run_dir, described)
+        if self.world.is_main:
+            save_checkpoint(
+                self.run_dir,
+                self.step,
+                self.agent.state_dict(),
+                loop_state,
+                keep=self.schedule.keep_checkpoints,
+            )
         self.saved_step = self.step
+
+
+def describe_run(
+    agent: Any,
+    train_config: Any,
+    env_id: str | None,
+    env_kwargs: dict[str, Any] | None = None,
+    policy_options: dict[str, Any] | None = None,
+    reference: Any = None,
+    seed: int | None = None,
+) -> dict[str, Any] | None:
+    """The `config.yaml` of a run driven from Python: the agent's registry name (found by its
+    class), its config and spec, the loop settings and the evaluation env; None for an agent
+    that is not in the registry (its run directory gets no config)."""
+    import dataclasses
+
+    from seqrl.agents import REGISTRY
+
+    names = [name for name, entry in REGISTRY.items() if type(agent) is entry.agent_cls]
+    if not names:  # an agent outside the registry: nothing a later command could rebuild
+        return None
+    options = dataclasses.asdict(REGISTRY[names[0]].options_cls(**(policy_options or {})))
+    return {
+        "algo": names[0],
+        "env_id": env_id,
+        "env_kwargs": dict(env_kwargs or {}),
+        "seed": seed,
+        "reference": None
+        if reference is None
+        else {"min_score": reference.min_score, "max_score": reference.max_score},
+        "spec": agent.spec.to_dict(),
+        "agent": dataclasses.asdict(agent.config),
+        "policy": options,
+        "train": dataclasses.asdict(train_config),
+    }
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from seqrl.buffers import load_d4rl_hdf5, load_minari
-from seqrl.collect import collect, find_vecnormalize, record_episodes
+from seqrl.collect import collect, find_obs_stats, record_episodes
 from seqrl.envs import RandomPolicy
 from tests.buffers.helpers import assert_same_arrays
 
@@ -105,7 +105,6 @@ def test_collect_with_a_trained_sb3_zip_applies_vecnormalize(
     tmp_path: Path, minari_root: Path
 ) -> None:
     from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     sb3_kwargs = {"n_steps": 64, "batch_size": 32, "n_epochs": 1}
     trained = collect("CartPole-v1", None, 1, "test/cartpole/ppo-v0", train_sb3_algo="ppo",
@@ -113,22 +112,19 @@ def test_collect_with_a_trained_sb3_zip_applies_vecnormalize(
                       progress=False)  # fmt: skip
     checkpoint = trained.sb3_checkpoint
     assert checkpoint is not None and checkpoint.is_file()
-    stats_path = find_vecnormalize(checkpoint)
-    assert stats_path == checkpoint.with_name(f"{checkpoint.stem}-vecnormalize.pkl")
+    stats_path = find_obs_stats(checkpoint)
+    assert stats_path == checkpoint.with_name(f"{checkpoint.stem}-obsrms.npz")
 
     # Exaggerate the saved statistics so that normalized and raw observations act differently.
-    normalizer = VecNormalize.load(str(stats_path), DummyVecEnv([lambda: gym.make("CartPole-v1")]))
-    normalizer.obs_rms.mean = np.array([1.0, -1.0, 0.2, -0.2])
-    normalizer.obs_rms.var = np.full(4, 1e-3)
-    normalizer.save(str(stats_path))
+    mean, var = np.array([1.0, -1.0, 0.2, -0.2]), np.full(4, 1e-3)
+    np.savez(stats_path, mean=mean, var=var, clip_obs=10.0, epsilon=1e-8)
 
     result = collect("CartPole-v1", str(checkpoint), 3, "test/cartpole/ppo-v1", num_envs=2,
                      seed=4, progress=False)  # fmt: skip
     store = result.store
     model = PPO.load(checkpoint, device="cpu")
     normalized = np.clip(
-        (store.observations - normalizer.obs_rms.mean) / np.sqrt(normalizer.obs_rms.var + 1e-8),
-        -normalizer.clip_obs, normalizer.clip_obs,
+        (store.observations - mean) / np.sqrt(var + 1e-8), -10.0, 10.0,
     )  # fmt: skip
     expected, _ = model.predict(normalized.astype(np.float32), deterministic=True)
     raw, _ = model.predict(store.observations, deterministic=True)

@@ -66,3 +66,17 @@ def test_dataset_report_describes_one_dataset(two_datasets: tuple[Path, Path]) -
     assert "no ref_min_score" in dataset_report(hdf5)
     with pytest.raises(FileNotFoundError, match=r"minari download"):
         dataset_report("test/a/missing-v0")
+
+
+def test_dataset_report_shows_a_d4rl_file_with_an_unfinished_last_episode(tmp_path: Path) -> None:
+    """Real D4RL files end mid-episode (cut at 1M steps, no end flag): `seqrl datasets show`
+    describes them as `seqrl train` uses them, and says what it did with the tail."""
+    from tests.buffers.test_d4rl_io import flat_arrays, write_arrays
+
+    arrays = flat_arrays(10)
+    arrays["terminals"][:] = False
+    arrays["timeouts"][:] = False
+    arrays["terminals"][6] = True  # one episode of 7 steps, then 3 steps with no end flag
+    path = write_arrays(tmp_path / "cut.hdf5", **arrays)
+    report = dataset_report(path)
+    assert "episodes     2" in report and "no end flag" in report

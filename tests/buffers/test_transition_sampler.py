@@ -87,3 +87,63 @@ def test_transition_sampler_is_deterministic_for_a_seed() -> None:
     c = TransitionSampler(store, 32, seed=6, n_step=3).sample()
     assert torch.equal(a.observations, b.observations) and torch.equal(a.rewards, b.rewards)
     assert not torch.equal(a.observations, c.observations)
+
+
+def reference_window(traj, end_index: int, history: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `history` observations ending at episode step `end_index` (the final observation is
+    step len(traj)), zeros and False before the episode's start."""
+    observations = np.concatenate([traj.observations, traj.final_observation[None]])
+    window = np.zeros((history, *observations.shape[1:]), observations.dtype)
+    mask = np.zeros(history, dtype=bool)
+    for j in range(history):
+        source = end_index - (history - 1) + j
+        if source >= 0:
+            window[j], mask[j] = observations[source], True
+    return window, mask
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=5),
+    n_step=st.integers(1, 5),
+    history=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_transition_sampler_history_windows_match_python_reference(
+    lengths: list[int], n_step: int, history: int, seed: int
+) -> None:
+    store = EpisodeStore.from_episodes(random_episodes(np.random.default_rng(seed), lengths))
+    sampler = TransitionSampler(store, 1, seed=seed, n_step=n_step, gamma=0.9, history=history)
+    steps = np.arange(store.num_steps)
+    batch = sampler.gather(steps)
+    plain = TransitionSampler(store, 1, seed=seed, n_step=n_step, gamma=0.9).gather(steps)
+    assert plain.observation_window is None  # no history: no windows, the old batch
+    assert torch.equal(plain.steps_to_end, batch.steps_to_end)
+    for b, step in enumerate(steps):
+        episode = int(store.episode_index[step])
+        traj = store.episode(episode)
+        i = int(step - store.episode_offsets[episode])
+        assert int(batch.steps_to_end[b]) == len(traj) - i
+        window, mask = reference_window(traj, i, history)
+        np.testing.assert_array_equal(batch.observation_window[b].numpy(), window)
+        np.testing.assert_array_equal(batch.window_mask[b].numpy(), mask)
+        next_window, next_mask = reference_window(traj, i + min(n_step, len(traj) - i), history)
+        np.testing.assert_array_equal(batch.next_observation_window[b].numpy(), next_window)
+        np.testing.assert_array_equal(batch.next_window_mask[b].numpy(), next_mask)
+        # the windows end at the transition's own observations
+        assert torch.equal(batch.observation_window[b, -1], batch.observations[b])
+        assert torch.equal(batch.next_observation_window[b, -1], batch.next_observations[b])
+
+
+def test_transition_sampler_with_history_resumes_from_its_state_dict() -> None:
+    store = random_store(seed=3, num_episodes=8)
+    sampler = TransitionSampler(store, 16, seed=4, n_step=2, history=3)
+    sampler.sample()
+    state = sampler.state_dict()
+    expected = sampler.sample()
+    resumed = TransitionSampler(store, 16, seed=99, n_step=2, history=3)
+    resumed.load_state_dict(state)
+    got = resumed.sample()
+    for name, value in vars(expected).items():
+        assert torch.equal(value, vars(got)[name]), name
+    assert not torch.equal(expected.observation_window, sampler.sample().observation_window)

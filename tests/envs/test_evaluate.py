@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from seqrl.core import PolicyStep
-from seqrl.envs import CallablePolicy, RandomPolicy, evaluate, make_env
+from seqrl.envs import CallablePolicy, RandomPolicy, d4rl_reference_scores, evaluate, make_env
 
 
 def _linear_policy(obs_dim: int, act_dim: int, seed: int = 0):
@@ -101,9 +101,15 @@ def test_evaluate_rejects_zero_episodes():
         evaluate(CallablePolicy(lambda o: o), "CartPole-v1", episodes=0)
 
 
-def test_eval_result_metrics_include_normalized_score_for_d4rl_tasks():
+def test_eval_result_normalizes_with_the_reference_it_is_given_and_only_then():
     act_fn = _linear_policy(11, 3, seed=1)
-    result = evaluate(CallablePolicy(act_fn), "Hopper-v5", episodes=2, num_envs=2, seed=0)
+    plain = evaluate(CallablePolicy(act_fn), "Hopper-v5", episodes=2, num_envs=2, seed=0)
+    assert "eval/normalized_score" not in plain.metrics()
+    assert "normalized score" not in plain.table()
+    reference = d4rl_reference_scores("Hopper-v5", any_version=True)
+    result = evaluate(
+        CallablePolicy(act_fn), "Hopper-v5", episodes=2, num_envs=2, seed=0, reference=reference
+    )
     metrics = result.metrics()
     expected = 100 * (result.mean + 20.272305) / (3234.3 + 20.272305)
     assert metrics["eval/normalized_score"] == pytest.approx(expected)

@@ -124,12 +124,12 @@ def test_gpt_window_is_itself_and_the_previous_w_minus_1_tokens(path: str) -> No
 
 @torch.no_grad()
 def test_gpt_ring_cache_keeps_shape_and_storage_over_long_episodes() -> None:
-    model = GPT(GPTConfig(width=16, layers=2, heads=2, window=3, max_len=4)).eval()
+    model = GPT(GPTConfig(width=16, layers=2, heads=2, window=3, max_len=4, step_tokens=3)).eval()
     state = model.initial_state(2)
     pointers = {key: t.data_ptr() for key, t in state.items()}
     for _ in range(20):  # far past max_len: the ring buffer does not care
         _, state = model.step(torch.randn(2, 1, 16), state)
-    assert state["k.0"].shape == (2, 2, 3, 8)  # (B, H, W, Dh)
+    assert state["k.0"].shape == (2, 2, 3 + 2, 8)  # (B, H, W + step_tokens - 1, Dh)
     assert {key: t.data_ptr() for key, t in state.items()} == pointers
     assert state["pos"].tolist() == [20, 20]
 
@@ -163,3 +163,19 @@ def test_flash_kvcache_step_matches_sdpa_step() -> None:
         y_flash, state_flash = flash.step(x[:, begin : begin + size], state_flash)
         y_sdpa, state_sdpa = sdpa.step(x[:, begin : begin + size], state_sdpa)
         torch.testing.assert_close(y_flash, y_sdpa, atol=2e-2, rtol=2e-2)
+
+
+def test_dropout_keeps_each_element_with_probability_1_minus_p_and_rescales() -> None:
+    from seqrl.nn.attention import Dropout
+
+    torch.manual_seed(0)
+    drop, x = Dropout(0.1), torch.ones(400_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 3e-3  # binomial std: 5e-4
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.9)  # the gradient uses the same mask
+    assert drop.eval()(x) is x and Dropout(0.0).train()(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)

@@ -247,3 +247,36 @@ def test_resolve_config_rejects_typos_and_missing_env_for_online_agents():
         resolve_config("recurrent-ppo", None, None, ["agent.backbone=gpt2"], "seqrl/TMaze-v0")
     with pytest.raises(ValueError, match=r"unknown setting policy\.target_return"):
         resolve_config("recurrent-ppo", None, None, ["policy.target_return=1"], "seqrl/TMaze-v0")
+
+
+def test_a_budget_that_is_not_whole_rollouts_is_rounded_up_and_said_up_front(tmp_path, capsys):
+    from seqrl.train.online import budget_line, exact_budget
+
+    config = _config(steps=80)  # rollouts of 3 x 12 = 36 env steps
+    assert exact_budget(config) == 108
+    assert "trains 108 env steps (3 updates)" in budget_line(config)
+    agent = SpyAgent()
+    train_online(agent, COUNTER_ID, tmp_path, config, CHUNK_4, progress=False)
+    assert agent.calls.count("agent.update") == 3
+    assert latest_checkpoint(tmp_path).name == "step_00000108"
+    assert "train.steps=80 is not a multiple" in capsys.readouterr().out
+    assert exact_budget(_config(steps=72)) == 72
+
+
+def test_a_run_trained_from_python_gets_a_config_so_eval_and_load_policy_accept_it(
+    tmp_path, capsys
+):
+    from seqrl.export import load_policy
+
+    torch.manual_seed(0)
+    spec = EnvSpec(obs_shape=(2,), action_dim=2, discrete=True)
+    agent = RecurrentPPOAgent(RecurrentPPOConfig(backbone="gru", width=8, chunk_len=4), spec)
+    train_online(agent, COUNTER_ID, tmp_path, _config(steps=36), CHUNK_4, progress=False)
+    config = load_config(tmp_path)
+    assert config["algo"] == "recurrent-ppo" and config["env_id"] == COUNTER_ID
+    assert config["agent"]["backbone"] == "gru" and config["train"]["steps"] == 36
+    policy = load_policy(tmp_path)
+    policy.reset()
+    assert policy.act(np.zeros(2, np.float32)).shape == ()
+    assert main(["eval", str(tmp_path), "--episodes", "2", "--num-envs", "2"]) == 0
+    assert "step_00000036" in capsys.readouterr().out

@@ -81,9 +81,12 @@ def test_cli_train_eval_plot_and_load_policy(pendulum_dataset, tmp_path, capsys)
     assert (run_dir / "tb").is_dir() and (run_dir / "metrics.jsonl").is_file()
 
     evaluation = ["eval", str(run_dir), "--episodes", "3", "--num-envs", "2"]
-    assert main([*evaluation, "--policy", "target_return=-50", "--policy", "inference=cache"]) == 0
+    assert main([*evaluation, "--policy", "target_return=-50", "--policy", "inference=window"]) == 0
     out = capsys.readouterr().out
     assert "episodes" in out and "| 3 |" in out
+    # cache inference is not the trained function of a model without a sliding window
+    assert main([*evaluation, "--policy", "inference=cache"]) == 2
+    assert "attention_window" in capsys.readouterr().err
     assert main([*evaluation, "--policy", "target_retrun=-50"]) == 2
     err = capsys.readouterr().err
     assert "unknown setting policy.target_retrun (did you mean policy.target_return?)" in err

@@ -1,0 +1,313 @@
+"""Rollout cost of every registered agent: `act` latency against episode position, and the
+policy's share of wall time next to MuJoCo's own stepping at 100 Hopper envs.
+
+Two tables, one run (issue 16):
+1. latency: ms per `policy.act` at episode positions t (default 10, 100, 400) for B = 1 and
+   B = 100, for every agent in the registry and every backbone its config accepts (DT: the exact
+   cache mode where the config allows it, else the reference window mode). Cached and recurrent
+   policies should be flat in t.
+2. overhead: 100 Hopper-v5 envs (`make_vector_env`, same-step autoreset) stepped with each
+   policy in turn, in interleaved rounds, plus a constant (zero-action) policy: MuJoCo alone, the
+   ceiling. Per policy: time in `act` over time in `env.step` measured in the same loop
+   (target <= 0.30), and env steps / s against the ceiling's.
+
+    .venv/bin/python experiments/bench_rollout.py --quick        # every row, tiny budgets
+    nice .venv/bin/python experiments/bench_rollout.py > runs/rollouts/bench.log 2>&1
+
+Weights are random (the cost of `act` does not depend on them); one torch thread.
+Writes experiments/results/dt/rollout.{md,json} (quick mode: runs/rollouts/quick/).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_ID = "Hopper-v5"
+
+# (agent, backbone) -> (config overrides, policy options); the DT rows use its exact cache
+# mode where the config accepts it (the sliding preset for gpt), else the reference window mode.
+DT_ROWS = {
+    "gpt": ({"context_len": 40, "attention_window": 13}, {"inference": "cache"}),  # the preset
+    "gpt-window": ({}, {"inference": "window"}),
+    "gtrxl": ({"context_len": 20, "attention_window": 6}, {"inference": "cache"}),
+    "mlp": ({}, {"inference": "cache"}),
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench_rollout {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def machine() -> dict[str, Any]:
+    from seqrl.agents.dt import fast_bf16
+
+    cpu = platform.processor() or "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "fast_bf16": fast_bf16("cpu"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def hopper_spec():
+    import gymnasium as gym
+
+    from seqrl.core import EnvSpec
+
+    env = gym.make(ENV_ID)
+    spec = EnvSpec.from_spaces(env.observation_space, env.action_space)
+    env.close()
+    return spec
+
+
+def policy_rows(names: list[str] | None) -> list[tuple[str, str, dict, dict]]:
+    """(agent, label, config overrides, policy options) for every agent and backbone."""
+    from seqrl.agents import REGISTRY
+    from seqrl.nn import BACKBONES
+
+    rows = []
+    for name, entry in REGISTRY.items():
+        if names and name not in names:
+            continue
+        if name == "dt":
+            for label, (config, options) in DT_ROWS.items():
+                backbone = label.split("-")[0]
+                rows.append((name, label, {"backbone": backbone, **config}, options))
+            for backbone in ("lstm", "gru", "xlstm"):
+                rows.append((name, f"{backbone}-window", {"backbone": backbone},
+                             {"inference": "window"}))  # fmt: skip
+            continue
+        if "backbone" in {f.name for f in fields(entry.config_cls)}:
+            for backbone in BACKBONES:
+                rows.append((name, backbone, {"backbone": backbone}, {}))
+        else:
+            rows.append((name, "-", {}, {}))
+    return rows
+
+
+def make_policy(spec: Any, agent_name: str, config: dict, options: dict, num_envs: int) -> Any:
+    from seqrl.agents import REGISTRY
+    from seqrl.config import from_dict
+
+    entry = REGISTRY[agent_name]
+    agent = entry.agent_cls(from_dict(entry.config_cls, config, "agent"), spec, None)
+    return agent.policy(num_envs, **options)
+
+
+def act_latency(spec: Any, row: tuple, num_envs: int, positions: list[int], repeats: int) -> dict:
+    """Median ms per `act` at each episode position (every env at the same position)."""
+    agent_name, _, config, options = row
+    torch.manual_seed(0)
+    policy = make_policy(spec, agent_name, config, options, num_envs)
+    policy.reset()
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(num_envs, *spec.obs_shape)).astype(np.float32)
+    reward = np.zeros(num_envs, np.float32)
+    out, t = {}, 0
+    for position in positions:
+        while t < position:
+            policy.act(obs, reward)
+            t += 1
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            policy.act(obs, reward)
+            times.append(time.perf_counter() - begin)
+        t += repeats
+        out[str(position)] = 1000 * statistics.median(times)
+    return out
+
+
+def stage_latency(args: argparse.Namespace, spec: Any, rows: list) -> list[dict]:
+    results = []
+    for row in rows:
+        entry = {"agent": row[0], "backbone": row[1], "options": row[3]}
+        for num_envs in (1, args.envs):
+            try:
+                entry[f"B={num_envs}"] = act_latency(spec, row, num_envs, args.positions,
+                                                     args.repeats)  # fmt: skip
+            except Exception as error:
+                entry[f"B={num_envs}"] = {"error": f"{type(error).__name__}: {error}"[:200]}
+        log(f"latency {row[0]} {row[1]}: " + json.dumps({k: v for k, v in entry.items()
+                                                         if k.startswith("B=")}))  # fmt: skip
+        results.append(entry)
+    return results
+
+
+class ZeroPolicy:
+    """The MuJoCo-only ceiling: a constant action, no computation."""
+
+    def __init__(self, num_envs: int, action_dim: int) -> None:
+        self.action = np.zeros((num_envs, action_dim), np.float32)
+
+    def reset(self, done: Any = None) -> None:
+        pass
+
+    def act(self, obs: Any, reward: Any = None) -> Any:
+        from seqrl.core import PolicyStep
+
+        return PolicyStep(action=torch.from_numpy(self.action))
+
+
+def stage_overhead(args: argparse.Namespace, spec: Any, rows: list) -> dict:
+    from seqrl.envs import make_vector_env
+
+    envs = make_vector_env(ENV_ID, args.envs, seed=0, autoreset=True)
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+    policies: dict[str, Any] = {"ceiling": ZeroPolicy(args.envs, spec.action_dim)}
+    for row in rows:
+        try:
+            torch.manual_seed(0)
+            policies[f"{row[0]} {row[1]}"] = make_policy(spec, row[0], row[2], row[3], args.envs)
+        except Exception as error:
+            log(f"overhead: skipping {row[0]} {row[1]}: {error}")
+    totals = {key: {"act": 0.0, "env": 0.0, "steps": 0} for key in policies}
+    for round_index in range(args.rounds):
+        for key, policy in policies.items():
+            # every policy plays the same fresh episodes in a round
+            obs, reward = envs.reset(seed=1000 * round_index)[0], None
+            policy.reset()
+            for _ in range(args.steps):
+                begin = time.perf_counter()
+                action = policy.act(obs, reward).action
+                action = np.clip(np.asarray(action, dtype=np.float64), low, high)
+                middle = time.perf_counter()
+                obs, reward, terminated, truncated, _ = envs.step(action)
+                end = time.perf_counter()
+                done = terminated | truncated
+                if done.any():
+                    policy.reset(done)
+                totals[key]["act"] += middle - begin
+                totals[key]["env"] += end - middle
+                totals[key]["steps"] += args.envs
+        log(f"overhead round {round_index + 1}/{args.rounds}: " + ", ".join(
+            f"{k} {t['act'] / max(t['env'], 1e-9):.2f}" for k, t in totals.items()))  # fmt: skip
+    envs.close()
+    ceiling = totals["ceiling"]
+    ceiling_rate = ceiling["steps"] / (ceiling["act"] + ceiling["env"])
+    result = {"num_envs": args.envs, "rounds": args.rounds, "steps_per_round": args.steps,
+              "ceiling_env_steps_per_s": ceiling_rate, "rows": []}  # fmt: skip
+    for key, t in totals.items():
+        rate = t["steps"] / (t["act"] + t["env"])
+        result["rows"].append({
+            "policy": key,
+            "act_ms": 1000 * t["act"] * args.envs / t["steps"],
+            "env_ms": 1000 * t["env"] * args.envs / t["steps"],
+            "overhead": t["act"] / t["env"],
+            "env_steps_per_s": rate,
+            "vs_ceiling": rate / ceiling_rate,
+        })  # fmt: skip
+    return result
+
+
+def write_table(results: dict, path: Path) -> None:
+    meta = results["machine"]
+    lines = [
+        "## Rollout cost per agent (experiments/bench_rollout.py)",
+        "",
+        f"{meta['cpu']}, {meta['cores']} cores, fast bf16: {meta['fast_bf16']}, torch "
+        f"{meta['torch']}, {meta['threads']} thread, load average at start "
+        f"{' '.join(f'{x:.1f}' for x in meta['load'])} (shared machine), {meta['date']}.",
+        "",
+        "### `act` latency, ms (median), against episode position t",
+        "",
+    ]
+    positions = results["positions"]
+    envs = results["overhead"]["num_envs"] if results.get("overhead") else 100
+    header = "| agent | backbone / mode | " + " | ".join(
+        f"B={b}, t={t}" for b in (1, envs) for t in positions) + " |"  # fmt: skip
+    lines += [header, "|---|---|" + "---:|" * (2 * len(positions))]
+    for entry in results["latency"]:
+        cells = []
+        for b in (1, envs):
+            data = entry.get(f"B={b}", {})
+            if "error" in data:
+                cells += ["error"] * len(positions)
+            else:
+                cells += [f"{data[str(t)]:.2f}" for t in positions]
+        mode = entry["backbone"] + (f" ({entry['options']['inference']})"
+                                    if "inference" in entry["options"] else "")  # fmt: skip
+        lines.append(f"| {entry['agent']} | {mode} | " + " | ".join(cells) + " |")
+    overhead = results.get("overhead")
+    if overhead:
+        lines += [
+            "",
+            f"### Policy overhead at {overhead['num_envs']} Hopper-v5 envs (target <= 0.30)",
+            "",
+            f"{overhead['rounds']} interleaved rounds of {overhead['steps_per_round']} vector "
+            f"steps per policy. MuJoCo alone (zero actions): "
+            f"{overhead['ceiling_env_steps_per_s']:.0f} env steps / s.",
+            "",
+            "| policy | act ms / vector step | env.step ms / vector step | act / env.step | "
+            "env steps / s | vs MuJoCo alone |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in overhead["rows"]:
+            mark = "" if row["overhead"] <= 0.30 else " (missed)"
+            lines.append(
+                f"| {row['policy']} | {row['act_ms']:.2f} | {row['env_ms']:.2f} | "
+                f"{row['overhead']:.2f}{mark} | {row['env_steps_per_s']:.0f} | "
+                f"{row['vs_ceiling']:.2f} |"
+            )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets, every row")
+    parser.add_argument("--agents", nargs="*", help="only these registry names")
+    parser.add_argument("--envs", type=int, default=100)
+    parser.add_argument("--positions", type=int, nargs="*", default=[10, 100, 400])
+    parser.add_argument("--repeats", type=int, default=10, help="acts timed per position")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=100, help="vector steps per round")
+    parser.add_argument("--stages", default="latency,overhead")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.envs, args.positions, args.repeats, args.rounds, args.steps = 4, [2, 5], 2, 1, 5
+    out = args.out or (
+        REPO / "runs/rollouts/quick" if args.quick else REPO / "experiments/results/dt"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    spec = hopper_spec()
+    rows = policy_rows(args.agents)
+    results: dict[str, Any] = {"machine": machine(), "positions": args.positions}
+    stages = set(args.stages.split(","))
+    begin = time.perf_counter()
+    results["latency"] = stage_latency(args, spec, rows) if "latency" in stages else []
+    if "overhead" in stages:
+        results["overhead"] = stage_overhead(args, spec, rows)
+    results["machine"]["load_end"] = os.getloadavg()
+    results["wall_minutes"] = (time.perf_counter() - begin) / 60
+    (out / "rollout.json").write_text(json.dumps(results, indent=1))
+    write_table(results, out / "rollout.md")
+    print((out / "rollout.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
