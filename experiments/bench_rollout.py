@@ -142,9 +142,16 @@ def act_latency(spec: Any, row: tuple, num_envs: int, positions: list[int], repe
 
 
 def stage_latency(args: argparse.Namespace, spec: Any, rows: list) -> list[dict]:
+    reused = {}
+    if args.reuse_latency:  # rows measured by an earlier (interrupted) run of the same rows
+        for entry in json.loads(args.reuse_latency.read_text())["latency"]:
+            reused[(entry["agent"], entry["backbone"])] = entry
     results = []
     for row in rows:
         entry = {"agent": row[0], "backbone": row[1], "options": row[3]}
+        if (row[0], row[1]) in reused:
+            results.append({**reused[(row[0], row[1])], **entry})
+            continue
         for num_envs in (1, args.envs):
             try:
                 entry[f"B={num_envs}"] = act_latency(spec, row, num_envs, args.positions,
@@ -179,6 +186,8 @@ def stage_overhead(args: argparse.Namespace, spec: Any, rows: list) -> dict:
     low, high = envs.single_action_space.low, envs.single_action_space.high
     policies: dict[str, Any] = {"ceiling": ZeroPolicy(args.envs, spec.action_dim)}
     for row in rows:
+        if any(part in f"{row[0]} {row[1]}" for part in args.skip_overhead):
+            continue
         try:
             torch.manual_seed(0)
             policies[f"{row[0]} {row[1]}"] = make_policy(spec, row[0], row[2], row[3], args.envs)
@@ -285,6 +294,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="vector steps per round")
     parser.add_argument("--stages", default="latency,overhead")
+    parser.add_argument("--reuse-latency", type=Path, help="rollout.json whose rows to keep")
+    parser.add_argument("--skip-overhead", nargs="*", default=[],
+                        help="leave policies whose label contains one of these out of stage 2")  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.quick:

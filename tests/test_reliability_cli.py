@@ -3,6 +3,7 @@ and how to fix it, never a traceback (unless --debug). One case per row of docs/
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -15,8 +16,6 @@ import yaml
 from seqrl.checkpoint import latest_checkpoint
 from seqrl.cli import main
 from tests.train.test_runs import TINY
-
-SHARED_SB3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sb3"
 
 
 def pendulum_arrays(num_steps: int = 60, seed: int = 0) -> dict[str, np.ndarray]:
@@ -245,20 +244,38 @@ def test_other_commands_fail_cleanly(tmp_path, capsys):
     assert_one_line_error(status, err, "--episodes and --num-envs must be >= 1")
 
 
-def test_collect_never_unpickles_without_allow_pickle(tmp_path, capsys):
-    shutil.copy(SHARED_SB3 / "hopper-ppo-medium.zip", tmp_path / "expert.zip")
-    shutil.copy(
-        SHARED_SB3 / "hopper-ppo-medium-vecnormalize.pkl", tmp_path / "expert-vecnormalize.pkl"
-    )
-    args = ["collect", "--env", "Hopper-v5", "--policy", str(tmp_path / "expert.zip")]
+def test_collect_never_unpickles_without_allow_pickle(tmp_path, capsys, monkeypatch):
+    """An SB3 zip with only a `*-vecnormalize.pkl` beside it (a planted one that would run code)
+    is refused with the fix; with the NumPy statistics beside it, it records."""
+    import pickle
+
+    from seqrl.collect import collect
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    sb3_kwargs = {"n_steps": 64, "batch_size": 32, "n_epochs": 1}
+    trained = collect("CartPole-v1", None, 1, str(tmp_path / "seed.hdf5"), train_sb3_algo="ppo",
+                      train_steps=64, sb3_dir=tmp_path / "sb3", sb3_kwargs=sb3_kwargs,
+                      progress=False)  # fmt: skip
+    zip_path = tmp_path / "expert.zip"
+    shutil.copy(trained.sb3_checkpoint, zip_path)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "expert-vecnormalize.pkl").write_bytes(pickle.dumps(Payload()))
+    args = ["collect", "--env", "CartPole-v1", "--policy", str(zip_path)]
     status, _, err = run(capsys, *args, "--out", str(tmp_path / "a.hdf5"), "--episodes", "1")
     assert_one_line_error(
         status, err, "expert-vecnormalize.pkl: VecNormalize statistics as a pickle"
     )
-    assert "--allow-pickle" in err
-    shutil.copy(SHARED_SB3 / "hopper-ppo-medium-obsrms.npz", tmp_path / "expert-obsrms.npz")
+    assert "--allow-pickle" in err and not marker.exists()
+    obsrms = trained.sb3_checkpoint.with_name(f"{trained.sb3_checkpoint.stem}-obsrms.npz")
+    shutil.copy(obsrms, tmp_path / "expert-obsrms.npz")
     status, _, err = run(capsys, *args, "--out", str(tmp_path / "b.hdf5"), "--episodes", "1")
     assert status == 0, err
+    assert not marker.exists()
 
 
 def test_debug_shows_the_traceback_and_bugs_are_one_line_otherwise(tmp_path, capsys, monkeypatch):
