@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="vector steps per round")
     parser.add_argument("--stages", default="latency,overhead")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        help="leave rows whose 'agent backbone' contains one of these out")  # fmt: skip
     parser.add_argument("--reuse-latency", type=Path, help="rollout.json whose rows to keep")
     parser.add_argument("--skip-overhead", nargs="*", default=[],
                         help="leave policies whose label contains one of these out of stage 2")  # fmt: skip
@@ -307,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     spec = hopper_spec()
-    rows = policy_rows(args.agents)
+    rows = [row for row in policy_rows(args.agents)
+            if not any(part in f"{row[0]} {row[1]}" for part in args.skip)]  # fmt: skip
     results: dict[str, Any] = {"machine": machine(), "positions": args.positions}
     stages = set(args.stages.split(","))
     begin = time.perf_counter()

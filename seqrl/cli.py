@@ -384,8 +384,10 @@ def _run_sweep(args: SweepArgs) -> None:
         reps=args.reps,
     )
     print(summary.read_text())
-    print(f"summary: {summary}, runs: {summary.parent / 'runs.csv'}, plot: "
-          f"{summary.parent / 'aggregate.png'}")
+    print(
+        f"summary: {summary}, runs: {summary.parent / 'runs.csv'}, plot: "
+        f"{summary.parent / 'aggregate.png'}"
+    )
 
 
 @dataclass(frozen=True)
@@ -411,7 +413,9 @@ COMMANDS: dict[str, Command] = {
     "plot": Command("plot a run's training and evaluation curves (PNG)", PlotArgs, _run_plot),  # type: ignore[arg-type]
     "sweep": Command("run seeds x tasks and summarize them (rliable)", SweepArgs, _run_sweep),  # type: ignore[arg-type]
     "export": Command(
-        "export a run's policy as one ONNX / TorchScript step, state explicit", ExportArgs, _run_export
+        "export a run's policy as one ONNX / TorchScript step, state explicit",
+        ExportArgs,
+        _run_export,
     ),  # type: ignore[arg-type]
 }
 

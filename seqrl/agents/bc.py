@@ -83,7 +83,7 @@ class BCConfig:
     """Dropout in the embedding and the backbone."""
     attention_window: int | None = None
     """gpt: sliding attention window in steps (None: full causal over `max_timestep` steps);
-    gtrxl: its memory (None: `max_timestep`)."""
+    gtrxl: its memory (None: `context_len`, what a training window holds)."""
     max_timestep: int = 1000
     """Size of the timestep embedding (later steps use the last entry) and of a full-causal
     attention cache."""
@@ -144,7 +144,7 @@ class BCModel(nn.Module):
             layers=config.layers,
             heads=config.heads,
             dropout=config.dropout,
-            window=config.attention_window,
+            window=bc_memory(config),
             max_len=config.max_timestep,
         )
         gaussian = config.head == "gaussian" and not spec.discrete
@@ -190,6 +190,14 @@ class BCModel(nn.Module):
         if explore and log_std is not None:
             prediction = prediction + log_std.exp() * torch.randn_like(prediction)
         return self.action_scaling.to_env(prediction, clip=True)
+
+
+def bc_memory(config: BCConfig) -> int | None:
+    """The backbone's window: `attention_window`, or for GTrXL the training window's length
+    (a memory of `max_timestep` entries would cost every step ~50x more for nothing trained)."""
+    if config.attention_window is None and config.backbone == "gtrxl":
+        return config.context_len
+    return config.attention_window
 
 
 def bc_loss(model: BCModel, batch: WindowBatch) -> tuple[Tensor, dict[str, float]]:

@@ -514,9 +514,7 @@ class RecurrentPPOStep(ExportStep):
         return (self.model.to_env_action(sample), *self.pack(memory_rows(memory)))
 
 
-def export_step(
-    agent: RecurrentPPOAgent, options: RecurrentPPOPolicyOptions
-) -> RecurrentPPOStep:
+def export_step(agent: RecurrentPPOAgent, options: RecurrentPPOPolicyOptions) -> RecurrentPPOStep:
     """The step `agent.policy(1)` (explore=False) runs, for `seqrl export`."""
     return RecurrentPPOStep(agent.model)
 
@@ -534,6 +532,7 @@ def anneal_warnings(config: RecurrentPPOConfig, steps: int) -> list[str]:
         f"agent.lr_anneal_steps={config.lr_anneal_steps} differs from the run's {steps} env "
         f"steps: the learning rate decays {where}; set --set agent.lr_anneal_steps={steps}"
     ]
+
 
 ENTRY = AgentEntry(
     name="recurrent-ppo",
