@@ -97,7 +97,8 @@ class World:
         torch.save(obj, buffer)
         out: list[Any] = [None] * self.size
         dist.all_gather_object(out, buffer.getvalue())
-        return [torch.load(io.BytesIO(data), weights_only=False) for data in out]  # own peers
+        # weights_only: tensors and plain data only, never code, even from our own peers
+        return [torch.load(io.BytesIO(data), weights_only=True) for data in out]
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""
