@@ -40,6 +40,10 @@ class ReferenceScores:
                 "would divide by zero; pass the random-policy and expert returns"
             )
 
+    def to_dict(self) -> dict[str, float]:
+        """The form a run's config.yaml stores (`reference:`); `ReferenceScores(**d)` reads it."""
+        return {"min_score": self.min_score, "max_score": self.max_score}
+
     def normalize(self, returns: float | np.ndarray) -> float | np.ndarray:
         """Normalized score in 0-100 units (can be negative or above 100)."""
         return 100.0 * (np.asarray(returns) - self.min_score) / (self.max_score - self.min_score)

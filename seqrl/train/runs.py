@@ -270,12 +270,6 @@ def _start(run_dir: Path, config: dict[str, Any], resume: bool, extra: dict[str,
     seed_everything(int(config["seed"]))
 
 
-def _reference_dict(reference: ReferenceScores | None) -> dict[str, float] | None:
-    if reference is None:
-        return None
-    return {"min_score": reference.min_score, "max_score": reference.max_score}
-
-
 def _train_offline_run(
     entry: AgentEntry,
     run_dir: Path,
@@ -313,7 +307,7 @@ def _train_offline_run(
     extra = {
         "env_id": env_id,
         "spec": spec.to_dict(),
-        "reference": _reference_dict(reference),
+        "reference": None if reference is None else reference.to_dict(),
         "dataset_summary": summary,
     }
     _start(run_dir, config, resume or not world.is_main, extra)  # rank 0 writes the config

@@ -320,9 +320,7 @@ def describe_run(
         "env_id": env_id,
         "env_kwargs": dict(env_kwargs or {}),
         "seed": seed,
-        "reference": None
-        if reference is None
-        else {"min_score": reference.min_score, "max_score": reference.max_score},
+        "reference": None if reference is None else reference.to_dict(),
         "spec": agent.spec.to_dict(),
         "agent": dataclasses.asdict(agent.config),
         "policy": options,

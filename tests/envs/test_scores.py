@@ -73,3 +73,9 @@ def test_unknown_task_and_degenerate_scores_are_rejected():
         normalized_score(1.0, "CartPole-v1")
     with pytest.raises(ValueError, match="divide by zero"):
         ReferenceScores(1.0, 1.0)
+
+
+def test_reference_scores_round_trip_through_the_run_config_form():
+    ref = ReferenceScores(13.1, 3269.5, "dataset")
+    assert ref.to_dict() == {"min_score": 13.1, "max_score": 3269.5}
+    assert ReferenceScores(**ref.to_dict()).normalize(3269.5) == pytest.approx(100.0)
