@@ -60,6 +60,38 @@ def test_step_inference_equals_the_parallel_forward_over_the_whole_episode(backb
             )
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_step_inference_over_long_episodes_at_preset_size_with_midbatch_resets(backbone):
+    """The preset's model size (width 128, 3 layers, context 20), 320 steps over 3 envs, env 1
+    restarting at step 150 and env 2 at 260: every prediction equals the parallel forward over
+    that env's episode so far (one forward per episode segment, read at every position)."""
+    agent = _agent(backbone, width=128, layers=3, context_len=20)
+    steps, restarts = 320, {150: 1, 260: 2}
+    obs = np.random.default_rng(3).normal(size=(steps, 3, 5)).astype(np.float32)
+    policy = agent.policy(3)
+    policy.reset()
+    predictions = []
+    segments = [[0, None] for _ in range(3)]  # per env: [start, end) of its current episode
+    finished = []  # (env, start, end)
+    for t in range(steps):
+        if t in restarts:
+            env = restarts[t]
+            finished.append((env, segments[env][0], t))
+            segments[env][0] = t
+            policy.reset(np.arange(3) == env)
+        policy.act(obs[t])
+        predictions.append(policy.last_prediction.clone())
+    finished += [(env, start, steps) for env, (start, _) in enumerate(segments)]
+    predicted = torch.stack(predictions)  # (T, 3, A)
+    for env, start, end in finished:
+        episode = torch.as_tensor(obs[start:end, env])[None]  # (1, L, 5)
+        expected, _ = agent.model(episode, torch.arange(end - start)[None])
+        torch.testing.assert_close(
+            predicted[start:end, env], expected[0], rtol=1e-4, atol=1e-4, msg=f"env {env}"
+        )
+    assert len(finished) == 5
+
+
 @pytest.mark.parametrize("backbone", ["gpt", "lstm"])
 def test_window_inference_recomputes_the_last_k_steps_from_a_fresh_state(backbone):
     agent = _agent(backbone)
