@@ -89,8 +89,9 @@ def _run_eval(args: EvalArgs) -> None:
     else:
         from seqrl.export import checkpoint_folder, load_agent
 
-        agent, config = load_agent(args.run)
-        checkpoint_name = checkpoint_folder(Path(args.run))[1].name
+        _, folder = checkpoint_folder(Path(args.run))  # once: the table names what was loaded
+        agent, config = load_agent(folder)
+        checkpoint_name = folder.name
         env_id = args.env or config.get("env_id")
         if env_id is None:
             raise ValueError(f"{args.run} records no evaluation env; pass --env ENV_ID")

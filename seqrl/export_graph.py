@@ -49,8 +49,8 @@ CHECK_TOLERANCE = 1e-4
 
 
 def build_step(run_dir: str | Path, **options: Any) -> tuple[ExportStep, dict[str, Any]]:
-    """The exportable step of a run's latest checkpoint (eval mode, fp32, CPU) and the options it
-    was built with (`config.yaml`'s `policy:` section overridden by `options`)."""
+    """The exportable step of a run's latest checkpoint, or of a checkpoint folder given directly
+    (eval mode, fp32, CPU), and the options it was built with (`config.yaml`'s `policy:` section overridden by `options`)."""
     agent, config = load_agent(run_dir)
     entry = get_agent_entry(config["algo"])
     if entry.export_step is None:
@@ -126,7 +126,9 @@ def export_policy(
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {format!r}")
     run, folder = checkpoint_folder(Path(run_dir))
     out = Path(out) if out is not None else run / f"export-{format}"
-    step, chosen = build_step(run_dir, **options)  # before touching `out`: it may fail
+    # the folder just chosen, not the latest again: a checkpoint written meanwhile by a running
+    # training must not make policy.json name one checkpoint and hold another's weights
+    step, chosen = build_step(folder, **options)  # before touching `out`: it may fail
     _prepare(out)
     model_file = MODEL_FILES[format]
     (write_onnx if format == "onnx" else write_torchscript)(step, out / model_file)
