@@ -10,6 +10,10 @@ Two tables, one run (issue 16):
    policy in turn, in interleaved rounds, plus a constant (zero-action) policy: MuJoCo alone, the
    ceiling. Per policy: time in `act` over time in `env.step` measured in the same loop
    (target <= 0.30), and env steps / s against the ceiling's.
+3. async: the same 100 envs stepped in this process (`SyncVectorEnv`) and in one subprocess
+   each (`AsyncVectorEnv`, `make_vector_env(asynchronous=True)`), in interleaved rounds, with the
+   constant policy (MuJoCo alone) and with recurrent PPO's LSTM policy: env steps / s and the
+   async / sync ratio, on however many cores the machine has (`os.cpu_count()` in the table).
 
     .venv/bin/python experiments/bench_rollout.py --quick        # every row, tiny budgets
     nice .venv/bin/python experiments/bench_rollout.py > runs/rollouts/bench.log 2>&1
@@ -106,6 +110,15 @@ def policy_rows(names: list[str] | None) -> list[tuple[str, str, dict, dict]]:
         else:
             rows.append((name, "-", {}, {}))
     return rows
+
+
+def with_policy_options(rows: list, items: list[str]) -> list:
+    """Rows with `--policy-option AGENT.NAME=VALUE` items (values parsed as YAML) added."""
+    from seqrl.config import apply_overrides
+
+    options = apply_overrides({}, items, flag="--policy-option", example="diffusion.scheduler=ddim")
+    return [(agent, label, config, {**row_options, **options.get(agent, {})})
+            for agent, label, config, row_options in rows]  # fmt: skip
 
 
 def make_policy(spec: Any, agent_name: str, config: dict, options: dict, num_envs: int) -> Any:
@@ -232,6 +245,69 @@ def stage_overhead(args: argparse.Namespace, spec: Any, rows: list) -> dict:
     return result
 
 
+ASYNC_POLICIES = (("recurrent-ppo", "lstm", {"backbone": "lstm"}, {}),)
+"""Policies of the async stage besides the constant one: one cheap sequence policy."""
+
+
+def stage_async(args: argparse.Namespace, spec: Any) -> dict:
+    """Env steps / s with envs stepped in this process vs in subprocesses, same run."""
+    from seqrl.envs import make_vector_env
+
+    policies: dict[str, Any] = {"ceiling": ZeroPolicy(args.envs, spec.action_dim)}
+    for agent_name, backbone, config, options in ASYNC_POLICIES:
+        torch.manual_seed(0)
+        policies[f"{agent_name} {backbone}"] = make_policy(spec, agent_name, config, options,
+                                                           args.envs)  # fmt: skip
+    modes = {"sync": False, "async": True}
+    vector_envs = {mode: make_vector_env(ENV_ID, args.envs, seed=0, asynchronous=flag)
+                   for mode, flag in modes.items()}  # fmt: skip
+    low, high = spec.action_low, spec.action_high
+    totals = {(key, mode): {"act": 0.0, "env": 0.0, "steps": 0}
+              for key in policies for mode in modes}  # fmt: skip
+    for round_index in range(args.rounds):
+        for mode, envs in vector_envs.items():
+            for key, policy in policies.items():
+                obs, reward = envs.reset(seed=1000 * round_index)[0], None
+                policy.reset()
+                total = totals[(key, mode)]
+                for _ in range(args.steps):
+                    begin = time.perf_counter()
+                    action = np.clip(np.asarray(policy.act(obs, reward).action, np.float64),
+                                     low, high)  # fmt: skip
+                    middle = time.perf_counter()
+                    obs, reward, terminated, truncated, _ = envs.step(action)
+                    total["act"] += middle - begin
+                    total["env"] += time.perf_counter() - middle
+                    total["steps"] += args.envs
+                    done = terminated | truncated
+                    if done.any():
+                        policy.reset(done)
+        log(f"async round {round_index + 1}/{args.rounds}: " + ", ".join(
+            f"{k} {m} {t['steps'] / (t['act'] + t['env']):.0f}/s"
+            for (k, m), t in totals.items()))  # fmt: skip
+    for envs in vector_envs.values():
+        envs.close()
+    rows = []
+    for key in policies:
+        rate = {mode: totals[(key, mode)]["steps"] / (totals[(key, mode)]["act"]
+                                                      + totals[(key, mode)]["env"])
+                for mode in modes}  # fmt: skip
+        env_ms = {mode: 1000 * totals[(key, mode)]["env"] * args.envs
+                  / totals[(key, mode)]["steps"] for mode in modes}  # fmt: skip
+        rows.append(
+            {
+                "policy": key,
+                "sync_env_steps_per_s": rate["sync"],
+                "async_env_steps_per_s": rate["async"],
+                "sync_env_ms": env_ms["sync"],
+                "async_env_ms": env_ms["async"],
+                "async_vs_sync": rate["async"] / rate["sync"],
+            }
+        )
+    return {"num_envs": args.envs, "cores": os.cpu_count(), "rounds": args.rounds,
+            "steps_per_round": args.steps, "rows": rows}  # fmt: skip
+
+
 def write_table(results: dict, path: Path) -> None:
     meta = results["machine"]
     lines = [
@@ -239,16 +315,19 @@ def write_table(results: dict, path: Path) -> None:
         "",
         f"{meta['cpu']}, {meta['cores']} cores, fast bf16: {meta['fast_bf16']}, torch "
         f"{meta['torch']}, {meta['threads']} thread, load average at start "
-        f"{' '.join(f'{x:.1f}' for x in meta['load'])} (shared machine), {meta['date']}.",
-        "",
-        "### `act` latency, ms (median), against episode position t",
+        f"{' '.join(f'{x:.1f}' for x in meta['load'])}, at end "
+        f"{' '.join(f'{x:.1f}' for x in meta.get('load_end', ()))} (shared machine), "
+        f"{meta['date']}, {results.get('wall_minutes', 0):.1f} min.",
         "",
     ]
-    positions = results["positions"]
-    envs = results["overhead"]["num_envs"] if results.get("overhead") else 100
-    header = "| agent | backbone / mode | " + " | ".join(
-        f"B={b}, t={t}" for b in (1, envs) for t in positions) + " |"  # fmt: skip
-    lines += [header, "|---|---|" + "---:|" * (2 * len(positions))]
+    positions, envs = results["positions"], results["envs"]
+    if results["latency"]:
+        lines += ["### `act` latency, ms (median), against episode position t", ""]
+        if results.get("latency_note"):  # rows merged from runs at different times
+            lines += [results["latency_note"] + ".", ""]
+        header = "| agent | backbone / mode | " + " | ".join(
+            f"B={b}, t={t}" for b in (1, envs) for t in positions) + " |"  # fmt: skip
+        lines += [header, "|---|---|" + "---:|" * (2 * len(positions))]
     for entry in results["latency"]:
         cells = []
         for b in (1, envs):
@@ -259,6 +338,7 @@ def write_table(results: dict, path: Path) -> None:
                 cells += [f"{data[str(t)]:.2f}" for t in positions]
         mode = entry["backbone"] + (f" ({entry['options']['inference']})"
                                     if "inference" in entry["options"] else "")  # fmt: skip
+        mode += " \\*" if "remeasured" in entry else ""
         lines.append(f"| {entry['agent']} | {mode} | " + " | ".join(cells) + " |")
     overhead = results.get("overhead")
     if overhead:
@@ -281,6 +361,25 @@ def write_table(results: dict, path: Path) -> None:
                 f"{row['overhead']:.2f}{mark} | {row['env_steps_per_s']:.0f} | "
                 f"{row['vs_ceiling']:.2f} |"
             )
+    stepping = results.get("async")
+    if stepping:
+        lines += [
+            "",
+            f"### Envs in subprocesses at {stepping['num_envs']} Hopper-v5 envs, "
+            f"{stepping['cores']} cores",
+            "",
+            f"{stepping['rounds']} interleaved rounds of {stepping['steps_per_round']} vector "
+            "steps per policy and mode; `env.step` ms per vector step in brackets.",
+            "",
+            "| policy | sync env steps / s | async env steps / s | async / sync |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in stepping["rows"]:
+            lines.append(
+                f"| {row['policy']} | {row['sync_env_steps_per_s']:.0f} "
+                f"({row['sync_env_ms']:.1f} ms) | {row['async_env_steps_per_s']:.0f} "
+                f"({row['async_env_ms']:.1f} ms) | {row['async_vs_sync']:.2f} |"
+            )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -293,12 +392,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10, help="acts timed per position")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="vector steps per round")
-    parser.add_argument("--stages", default="latency,overhead")
+    parser.add_argument("--stages", default="latency,overhead,async",
+                        help="comma-separated subset of latency,overhead,async")  # fmt: skip
     parser.add_argument("--skip", nargs="*", default=[],
                         help="leave rows whose 'agent backbone' contains one of these out")  # fmt: skip
     parser.add_argument("--reuse-latency", type=Path, help="rollout.json whose rows to keep")
     parser.add_argument("--skip-overhead", nargs="*", default=[],
                         help="leave policies whose label contains one of these out of stage 2")  # fmt: skip
+    parser.add_argument("--policy-option", action="append", default=[], metavar="AGENT.NAME=VALUE",
+                        help="a policy option for one agent's rows, repeatable, e.g. "
+                        "diffusion.scheduler=ddim diffusion.inference_steps=8")  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.quick:
@@ -311,12 +414,16 @@ def main(argv: list[str] | None = None) -> None:
     spec = hopper_spec()
     rows = [row for row in policy_rows(args.agents)
             if not any(part in f"{row[0]} {row[1]}" for part in args.skip)]  # fmt: skip
-    results: dict[str, Any] = {"machine": machine(), "positions": args.positions}
+    rows = with_policy_options(rows, args.policy_option)
+    results: dict[str, Any] = {"machine": machine(), "positions": args.positions,
+                               "envs": args.envs}  # fmt: skip
     stages = set(args.stages.split(","))
     begin = time.perf_counter()
     results["latency"] = stage_latency(args, spec, rows) if "latency" in stages else []
     if "overhead" in stages:
         results["overhead"] = stage_overhead(args, spec, rows)
+    if "async" in stages:
+        results["async"] = stage_async(args, spec)
     results["machine"]["load_end"] = os.getloadavg()
     results["wall_minutes"] = (time.perf_counter() - begin) / 60
     (out / "rollout.json").write_text(json.dumps(results, indent=1))

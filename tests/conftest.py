@@ -33,3 +33,24 @@ def pendulum_dataset(tmp_path):
     path = tmp_path / "tiny-pendulum.hdf5"
     save_dataset(EpisodeStore.from_episodes(episodes, meta), path)
     return path
+
+
+@pytest.fixture
+def async_env_spy(monkeypatch):
+    """Records, per vector env `seqrl.envs.evaluate` makes, whether it is an AsyncVectorEnv."""
+    import importlib
+
+    import gymnasium as gym
+
+    from seqrl.envs.factory import make_vector_env
+
+    made: list[bool] = []
+
+    def spy(*args, **kwargs):
+        envs = make_vector_env(*args, **kwargs)
+        made.append(isinstance(envs, gym.vector.AsyncVectorEnv))
+        return envs
+
+    # seqrl.envs exports a function named evaluate: reach the module itself
+    monkeypatch.setattr(importlib.import_module("seqrl.envs.evaluate"), "make_vector_env", spy)
+    return made

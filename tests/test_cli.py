@@ -96,3 +96,13 @@ def test_a_warm_up_longer_than_the_run_is_warned_about_with_the_fix(pendulum_dat
     online = resolve_config("recurrent-ppo", None, None, ["train.steps=4096",
                             "agent.lr_anneal_steps=1000000"], env_id="CartPole-v1")  # fmt: skip
     assert "--set agent.lr_anneal_steps=4096" in budget_warnings(online)[0]
+
+
+def test_eval_async_envs_flag_steps_the_envs_in_subprocesses(async_env_spy, capsys):
+    tables = []
+    for flag in ([], ["--async-envs"]):
+        args = ["eval", "random", "--env", "CartPole-v1", "--episodes", "3", "--num-envs", "2"]
+        assert main(args + flag) == 0
+        tables.append(capsys.readouterr().out)
+    assert async_env_spy == [False, True]
+    assert tables[1] == tables[0]  # same seeds, same episodes, same table

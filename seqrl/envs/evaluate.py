@@ -105,6 +105,7 @@ def evaluate(
     reference: ReferenceScores | None = None,
     env_kwargs: dict[str, Any] | None = None,
     progress: bool = False,
+    asynchronous: bool = False,
 ) -> EvalResult:
     """Run exactly `episodes` episodes of `policy` on `env_id` over `num_envs` parallel envs.
 
@@ -115,12 +116,17 @@ def evaluate(
             `seqrl.envs.scores.reference_scores_for` for the rule the run commands use).
         env_kwargs: passed to `gymnasium.make`.
         progress: show a progress bar over finished episodes.
+        asynchronous: step the envs in subprocesses (Gymnasium's `AsyncVectorEnv`); same
+            episodes and returns as in-process stepping, faster only where `env.step` costs more
+            than sending observations between processes (see the README's rollout tables).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     num_envs = min(num_envs, episodes)
     seeds = episode_seeds(seed, episodes)
-    envs = make_vector_env(env_id, num_envs, autoreset=False, **(env_kwargs or {}))
+    envs = make_vector_env(
+        env_id, num_envs, asynchronous=asynchronous, autoreset=False, **(env_kwargs or {})
+    )
     returns = np.zeros(episodes, dtype=np.float64)
     lengths = np.zeros(episodes, dtype=np.int64)
     slot_episode = np.arange(num_envs)  # (N,) episode each env runs; -1 = idle

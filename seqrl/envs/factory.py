@@ -77,6 +77,8 @@ def make_vector_env(
     with `autoreset=False` the caller resets ended envs with `reset(options={"reset_mask": m})`.
     `seed` seeds env i's first reset with `seed + i` (the caller's first `reset()` still has to
     pass seeds to get reproducible episodes: `envs.reset(seed=seed)`).
+    `asynchronous=True` steps each env in its own subprocess (`AsyncVectorEnv`, same autoreset
+    mode, same `infos["final_obs"]`); `False` steps them one after another in this process.
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")

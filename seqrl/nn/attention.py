@@ -12,8 +12,12 @@
   causal attention or S = W for a sliding window, where it is a ring buffer: the token at
   in-episode position p lives in slot p mod W. Step shapes therefore never change, which keeps
   CUDA graphs and compiled steps valid over a whole episode.
+- `cache_attention`: the few queries of a rollout step (DT: 3 tokens, 1 in the last layer) over
+  a KV cache, written out as two batched matmuls and a softmax. SDPA's CPU kernel is tuned for
+  long query blocks: for DT's 3 queries x 41 keys x 100 envs it took 0.98 ms per layer with its
+  mask handling, against 0.67 ms for this (one thread, inside a DT `act`).
 - `flash_attn_kvcache`: on CUDA with half precision and the `flash-attn` package installed, the
-  fused "append to cache and attend" kernel for full-causal caches. Ring buffers always use SDPA
+  fused "append to cache and attend" kernel for full-causal caches. Ring buffers never use it
   (the kernel has no notion of a ring).
 """
 
@@ -88,6 +92,30 @@ def _math_attention(
     if dropout_p > 0.0:
         weights = F.dropout(weights, dropout_p)
     return weights @ v  # (B, H, Tq, Dh)
+
+
+FEW_QUERIES = 4
+"""`cache_attention` serves steps of at most this many query tokens; longer chunks use SDPA."""
+
+
+def cache_attention(q: Tensor, keys: Tensor, values: Tensor, allowed: Tensor) -> Tensor:
+    """Few queries over a KV cache: q (B, H, Tq, Dh), keys and values (B, H, S, Dh) (a slice
+    along S of the cache is fine: no copy), allowed bool (B, 1, Tq, S) -> (B, H, Tq, Dh).
+
+    Inference only (no dropout). Every query row must allow at least one key (a step's query
+    always sees its own token, written before attending); `attention` handles empty rows.
+    """
+    batch, heads, length, head_width = q.shape
+    size = keys.shape[2]
+    bias = torch.where(allowed, 0.0, float("-inf")).to(q.dtype)  # (B, 1, Tq, S)
+    scores = torch.baddbmm(
+        bias.expand(batch, heads, length, size).reshape(batch * heads, length, size),
+        q.reshape(batch * heads, length, head_width),
+        keys.reshape(batch * heads, size, head_width).transpose(1, 2),
+        alpha=1.0 / math.sqrt(head_width),
+    )  # (B*H, Tq, S)
+    out = torch.bmm(scores.softmax(-1), values.reshape(batch * heads, size, head_width))
+    return out.view(batch, heads, length, head_width)
 
 
 class Dropout(nn.Module):

@@ -35,6 +35,8 @@ How one step of n new tokens attends, for a ring with W = 4, n = 2, S = W + 1 = 
 With S = W (no spare slots) writing p+1 first would overwrite p-3, which query p still reads, so
 a step of more than `step_tokens` tokens falls back to attending over [cache, new tokens]
 ("concat") and writing afterwards. A full-causal cache attends over its filled prefix only.
+A step of at most `FEW_QUERIES` tokens (backend "auto", no dropout) attends with
+`cache_attention`, two batched matmuls, rather than SDPA's CPU kernel (tuned for long blocks).
 """
 
 from __future__ import annotations
@@ -48,10 +50,12 @@ from torch import Tensor, nn
 
 from seqrl.nn.attention import (
     BACKENDS,
+    FEW_QUERIES,
     Dropout,
     attention,
     attention_mask,
     banded_causal_mask,
+    cache_attention,
     cache_slot_positions,
     can_use_flash_kvcache,
     causal_mask,
@@ -241,13 +245,22 @@ class GPTBlock(nn.Module):
         limit = plan.limit
         if plan.mode == "append":
             self._write(plan, cache_k, cache_v, k, v)
-            return self._attend(q, cache_k[:, :, :limit], cache_v[:, :, :limit], allowed, False)
+            keys, values = cache_k[:, :, :limit], cache_v[:, :, :limit]  # (B, H, S', Dh)
+            if self._few_queries(q, allowed):  # a rollout step: written out, not SDPA
+                return cache_attention(q.transpose(1, 2), keys, values, allowed).transpose(1, 2)
+            return self._attend(q, keys, values, allowed, False)
         keys = torch.cat([cache_k[:, :, :limit], k.transpose(1, 2)], 2)  # (B, H, S' + T, Dh)
         values = torch.cat([cache_v[:, :, :limit], v.transpose(1, 2)], 2)
         out = self._attend(q, keys, values, allowed, False)
         if plan.write:
             self._write(plan, cache_k, cache_v, k, v)
         return out
+
+    def _few_queries(self, q: Tensor, allowed: Tensor | None) -> bool:
+        """`cache_attention` applies: a short step, no dropout, backend auto (not the reference)."""
+        dropout = self.training and self.dropout > 0.0
+        few = q.shape[1] <= FEW_QUERIES and allowed is not None
+        return few and not dropout and self.backend == "auto" and not torch.jit.is_tracing()
 
     def _write(self, plan: _Plan, cache_k: Tensor, cache_v: Tensor, k: Tensor, v: Tensor) -> None:
         positions = plan.positions

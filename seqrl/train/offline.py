@@ -60,8 +60,11 @@ def run_evaluation(
     num_envs: int,
     seed: int,
     progress: bool = False,
+    asynchronous: bool = False,
 ) -> EvalResult:
-    """Evaluate `agent`'s current (non-exploring) policy on `target` (both loops, `seqrl eval`)."""
+    """Evaluate `agent`'s current (non-exploring) policy on `target` (both loops).
+
+    `asynchronous`: step the evaluation envs in subprocesses (`train.asynchronous`)."""
     num_envs = min(num_envs, episodes)
     policy = agent.policy(num_envs, **target.policy_options)
     return evaluate(
@@ -73,6 +76,7 @@ def run_evaluation(
         reference=target.reference,
         progress=progress,
         env_kwargs=target.env_kwargs,
+        asynchronous=asynchronous,
     )
 
 
@@ -95,7 +99,12 @@ def train_offline(
     def evaluate_now() -> EvalResult:
         assert eval_target is not None
         return run_evaluation(
-            agent, eval_target, config.eval_episodes, config.eval_num_envs, config.eval_seed
+            agent,
+            eval_target,
+            config.eval_episodes,
+            config.eval_num_envs,
+            config.eval_seed,
+            asynchronous=config.asynchronous,
         )
 
     parallel = DataParallel(world, agent)  # a pass-through in one process

@@ -49,8 +49,6 @@ class OnlineConfig(ScheduleConfig):
     """N: parallel training envs."""
     rollout_steps: int = 128
     """R: steps per env between updates (a rollout is N x R steps)."""
-    asynchronous: bool = False
-    """Step the envs in subprocesses (worth it only for slow envs)."""
     eval_every: int = 100_000
     """Evaluate every this many env steps (0: only at the end)."""
     eval_episodes: int = 100
@@ -141,7 +139,12 @@ def train_online(
 
     def evaluate_now() -> Any:
         return run_evaluation(
-            agent, target, config.eval_episodes, config.eval_num_envs, config.eval_seed
+            agent,
+            target,
+            config.eval_episodes,
+            config.eval_num_envs,
+            config.eval_seed,
+            asynchronous=config.asynchronous,
         )
 
     total = exact_budget(config)

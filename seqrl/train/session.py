@@ -61,7 +61,8 @@ from seqrl.train.logging import RunLogger
 
 @dataclass
 class ScheduleConfig:
-    """When a loop evaluates and checkpoints; both loop configs extend it."""
+    """When a loop evaluates and checkpoints, and where it steps envs; both loop configs extend
+    it."""
 
     eval_every: int = 10_000
     """Evaluate every this many steps (0: only at the end)."""
@@ -71,6 +72,11 @@ class ScheduleConfig:
     """Parallel envs per evaluation."""
     eval_seed: int = 10_000
     """Seed of the first evaluation episode (kept apart from training seeds)."""
+    asynchronous: bool = False
+    """Step envs in subprocesses, one per env (Gymnasium's AsyncVectorEnv): the evaluation envs
+    of both loops and the online loop's training envs. Same episodes and returns as stepping
+    them in this process; faster only where env.step costs more than the exchange between
+    processes and cores are free (README: rollout tables)."""
     checkpoint_every: int = 10_000
     """Write a checkpoint every this many steps (and always at the end)."""
     keep_checkpoints: int = 3

@@ -114,3 +114,14 @@ def test_eval_result_normalizes_with_the_reference_it_is_given_and_only_then():
     expected = 100 * (result.mean + 20.272305) / (3234.3 + 20.272305)
     assert metrics["eval/normalized_score"] == pytest.approx(expected)
     assert "normalized score" in result.table()
+
+
+def test_evaluate_in_subprocesses_plays_the_same_episodes_as_in_process():
+    act_fn = _linear_policy(11, 3, seed=1)
+    runs = []
+    for asynchronous in (False, True):
+        policy = CallablePolicy(act_fn)
+        runs.append(evaluate(policy, "Hopper-v5", 7, 3, seed=40, asynchronous=asynchronous))
+    assert len(set(runs[0].lengths)) > 1, "slots must be reused (reset_mask in subprocesses)"
+    np.testing.assert_array_equal(runs[1].lengths, runs[0].lengths)
+    np.testing.assert_array_equal(runs[1].returns, runs[0].returns)

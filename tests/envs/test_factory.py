@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gymnasium.vector import AsyncVectorEnv
 
 from seqrl.envs import final_observations, make_env, make_vector_env
 
@@ -51,3 +52,24 @@ def test_vector_env_marks_termination_separately_from_truncation():
 def test_final_observations_requires_same_step_autoreset():
     with pytest.raises(RuntimeError, match="same-step autoreset"):
         final_observations(np.zeros((2, 3)), {}, np.array([True, False]))
+
+
+def test_async_vector_env_gives_the_same_final_observations_as_sync():
+    results = []
+    for asynchronous in (False, True):
+        envs = make_vector_env("Pendulum-v1", 3, asynchronous=asynchronous, max_episode_steps=4)
+        assert isinstance(envs, AsyncVectorEnv) == asynchronous
+        obs, _ = envs.reset(seed=[5, 6, 7])
+        steps = []
+        for _ in range(6):  # an episode end at step 4, then two steps of the next episodes
+            action = np.full((3, 1), 0.5, dtype=np.float32)
+            obs, _, _, truncated, infos = envs.step(action)
+            steps.append((obs, truncated, final_observations(obs, infos, truncated)))
+        envs.close()
+        results.append(steps)
+    assert results[0][3][1].all()  # every env truncated at step 4
+    assert not np.allclose(results[0][3][2], results[0][3][0])  # final obs != next first obs
+    for (obs, truncated, final), (obs_a, truncated_a, final_a) in zip(*results, strict=True):
+        np.testing.assert_array_equal(truncated_a, truncated)
+        np.testing.assert_array_equal(obs_a, obs)
+        np.testing.assert_array_equal(final_a, final)

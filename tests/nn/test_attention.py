@@ -11,6 +11,7 @@ from seqrl.nn import GPT, GPTConfig
 from seqrl.nn.attention import (
     attention,
     banded_causal_mask,
+    cache_attention,
     cache_slot_positions,
     flash_attn_available,
 )
@@ -73,6 +74,62 @@ def test_causal_flag_equals_explicit_causal_mask() -> None:
     q, k, v = torch.randn(3, 2, 1, 5, 8).unbind(0)
     explicit = attention(q, k, v, banded_causal_mask(5, 5), backend="math")
     torch.testing.assert_close(attention(q, k, v, causal=True), explicit, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ring", [False, True])
+@pytest.mark.parametrize("heads", [1, 2])
+def test_cache_attention_equals_sdpa_over_partly_filled_and_ring_caches(ring, heads) -> None:
+    torch.manual_seed(0)
+    batch, size, head_width = 5, 9, 8
+    cache_k = torch.randn(batch, heads, size, head_width)
+    cache_v = torch.randn(batch, heads, size, head_width)
+    for queries in range(1, 5):
+        # rows at different episode positions: empty-ish, partly filled, full, wrapped around
+        end = torch.tensor([queries, queries + 2, 7, size, 3 * size + 4])
+        positions = end[:, None] - queries + torch.arange(queries)  # (B, Tq) the new tokens
+        limit = size if ring else int(end.max().clamp(max=size))
+        if not ring:
+            end, positions = end.clamp(max=size), positions.clamp(max=size - 1)
+        held = cache_slot_positions(end, size, ring)[:, None, :limit]  # (B, 1, S')
+        allowed = (held >= 0) & (held <= positions[:, :, None])
+        if ring:
+            allowed &= positions[:, :, None] - held < 6  # a window of 6
+        allowed = allowed[:, None]  # (B, 1, Tq, S')
+        q = torch.randn(batch, heads, queries, head_width)
+        keys, values = cache_k[:, :, :limit], cache_v[:, :, :limit]  # strided views
+        fast = cache_attention(q, keys, values, allowed)
+        for backend in ("sdpa", "math"):
+            expected = attention(q, keys, values, allowed, backend=backend)
+            torch.testing.assert_close(fast, expected, atol=1e-6, rtol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("window", [None, 4])
+def test_gpt_steps_use_cache_attention_and_equal_sdpa_steps(window, monkeypatch) -> None:
+    import seqrl.nn.gpt
+
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return cache_attention(*args)
+
+    monkeypatch.setattr(seqrl.nn.gpt, "cache_attention", counted)
+    torch.manual_seed(0)
+    config = GPTConfig(width=16, layers=2, heads=2, window=window, max_len=64, step_tokens=3)
+    fast = GPT(config).eval()
+    reference = GPT(GPTConfig(**{**config.__dict__, "backend": "sdpa"})).eval()
+    reference.load_state_dict(fast.state_dict())
+    states = [fast.initial_state(3), reference.initial_state(3)]
+    for t in range(12):
+        x = torch.randn(3, 3 if t % 4 else 1, 16)
+        y_fast, states[0] = fast.step(x, states[0], select=slice(-1, None))
+        y_ref, states[1] = reference.step(x, states[1], select=slice(-1, None))
+        torch.testing.assert_close(y_fast, y_ref, atol=1e-6, rtol=1e-5)
+        if t == 6:  # an episode ends for one env: its cache row empties
+            done = torch.tensor([False, True, False])
+            states = [fast.reset_state(states[0], done), reference.reset_state(states[1], done)]
+    assert len(calls) == 12 * 2
 
 
 @torch.no_grad()

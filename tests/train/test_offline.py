@@ -139,3 +139,29 @@ def test_config_round_trips_and_missing_run_dir_is_explained(tmp_path):
     assert load_config(tmp_path) == {"algo": "dt", "agent": {"width": 128}}
     with pytest.raises(FileNotFoundError, match="not a seqrl run directory"):
         load_config(tmp_path / "nope")
+
+
+class RandomAgent(DropoutRegressionAgent):
+    """The regression agent with a random CartPole policy, for evaluations."""
+
+    def policy(self, num_envs: int = 1, **options: Any):
+        import gymnasium as gym
+
+        from seqrl.envs import RandomPolicy
+
+        return RandomPolicy(gym.spaces.Discrete(2), num_envs, seed=0)
+
+
+def test_train_asynchronous_evaluates_in_subprocesses_with_the_same_result(tmp_path, async_env_spy):
+    from seqrl.train.offline import EvalTarget
+
+    returns = []
+    for asynchronous in (False, True):
+        config = OfflineConfig(steps=2, eval_every=0, eval_episodes=3, eval_num_envs=2,
+                               asynchronous=asynchronous)  # fmt: skip
+        last = train_offline(RandomAgent(), RegressionSampler(0), tmp_path / str(asynchronous),
+                             config, EvalTarget("CartPole-v1"), progress=False)  # fmt: skip
+        returns.append(last["eval/return_mean"])
+    assert async_env_spy == [False, True]
+    # the random policy's actions depend only on its seed: both modes play the same episodes
+    assert returns[1] == returns[0]

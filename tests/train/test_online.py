@@ -280,3 +280,31 @@ def test_a_run_trained_from_python_gets_a_config_so_eval_and_load_policy_accept_
     assert policy.act(np.zeros(2, np.float32)).shape == ()
     assert main(["eval", str(tmp_path), "--episodes", "2", "--num-envs", "2"]) == 0
     assert "step_00000036" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_train_asynchronous_steps_training_and_evaluation_envs_in_subprocesses(
+    tmp_path, monkeypatch, asynchronous
+):
+    import importlib
+
+    import seqrl.train.online
+    from seqrl.envs.factory import make_vector_env
+
+    made: list[tuple[str, bool]] = []
+
+    def spy(where: str):
+        def make(*args: Any, **kwargs: Any):
+            envs = make_vector_env(*args, **kwargs)
+            made.append((where, isinstance(envs, gym.vector.AsyncVectorEnv)))
+            return envs
+
+        return make
+
+    monkeypatch.setattr(seqrl.train.online, "make_vector_env", spy("train"))
+    # seqrl.envs exports a function named evaluate: reach the module itself
+    evaluate_module = importlib.import_module("seqrl.envs.evaluate")
+    monkeypatch.setattr(evaluate_module, "make_vector_env", spy("eval"))
+    config = _config(steps=3 * 12, asynchronous=asynchronous)
+    train_online(SpyAgent(), "CartPole-v1", tmp_path, config, rollout=CHUNK_4, progress=False)
+    assert made == [("train", asynchronous), ("eval", asynchronous)]
