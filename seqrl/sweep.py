@@ -113,6 +113,29 @@ def plan_sweep(
     return runs
 
 
+def check_tasks(
+    algo: str, datasets: Sequence[str], configs: Sequence[str], overrides: Sequence[str]
+) -> None:
+    """Resolve every task's config (preset file, settings, `--set` values) before any run starts:
+    a missing preset or a bad setting is one error up front, not a failure per run."""
+    from seqrl.train.runs import resolve_config
+
+    for config in configs or [None]:
+        for dataset in datasets or [None]:
+            try:
+                resolve_config(algo, dataset, config, list(overrides))
+            except (OSError, ValueError, TypeError) as error:
+                where = ", ".join(
+                    part
+                    for part in (
+                        config and f"--config {config}",
+                        dataset and f"--dataset {dataset}",
+                    )
+                    if part
+                )
+                raise ValueError(f"sweep task ({where}): {error}") from error
+
+
 # ---- running -----------------------------------------------------------------------------------
 def _run_env(threads: int) -> dict[str, str]:
     threads_str = str(threads)
@@ -387,6 +410,7 @@ def sweep(
     get_agent_entry(algo)  # an unknown name fails here, not in every run
     out = Path(out)
     runs = plan_sweep(algo, out, seeds, datasets, configs, overrides)
+    check_tasks(algo, datasets, configs, overrides)
     tasks = sorted({run.task for run in runs})
     where = f"Ray at {ray_address}" if ray_address else f"{max_parallel} at a time"
     say(

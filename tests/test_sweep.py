@@ -4,6 +4,7 @@ whole sweeps of 3 seeds on a tiny dataset, locally and on a local Ray instance."
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -69,6 +70,25 @@ def test_sweep_of_three_seeds_writes_tables_and_plot(tmp_path, scored_dataset, c
     # the seeds trained differently (own run directories, own seeds)
     finals = [line.split(",")[2] for line in (out / "runs.csv").read_text().splitlines()[1:]]
     assert len(set(finals)) > 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--config", "missing.yaml"], r"--config missing\.yaml.*missing\.yaml not found"),
+        (["--set", "agent.no_such_setting=1"], r"no_such_setting"),
+    ],
+)
+def test_a_bad_task_is_refused_before_any_run_starts(
+    tmp_path, scored_dataset, capsys, extra, message
+):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "dt", "--out", str(out), "--dataset", str(scored_dataset), "--seeds", "0", "1"]
+    assert main([*argv, *extra]) != 0
+    error = capsys.readouterr().err
+    assert re.search(message, error), error
+    assert len(error.strip().splitlines()) == 1, error  # one line, no traceback
+    assert not (out / "logs").exists()  # nothing was launched
 
 
 def test_sweep_on_a_local_ray_instance(tmp_path, scored_dataset):
