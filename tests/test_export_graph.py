@@ -160,9 +160,10 @@ def test_diffusion_export_refuses_ddpm_naming_the_fix(diffusion_run, tmp_path):
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
 @pytest.mark.parametrize("kind", ["continuous", "discrete"])
 @pytest.mark.parametrize("steps", [3, 10])
-def test_diffusion_step_chunk_equals_the_policys_ddim_chunk(kind, steps):
+def test_diffusion_step_chunk_equals_the_policys_ddim_chunk(kind, steps, prediction):
     """The unrolled DDIM update (constants from diffusers, tensor math in the step) gives the
     chunk `DiffusionModel.sample` gives with diffusers' DDIMScheduler, from the same noise."""
     from seqrl.agents.diffusion import (
@@ -177,7 +178,8 @@ def test_diffusion_step_chunk_equals_the_policys_ddim_chunk(kind, steps):
     if kind == "discrete":
         spec = EnvSpec((4,), 3, discrete=True)
     torch.manual_seed(0)
-    agent = DiffusionAgent(DiffusionConfig(**REGISTRY["diffusion"].tiny_config), spec)
+    config = DiffusionConfig(**REGISTRY["diffusion"].tiny_config, prediction_type=prediction)
+    agent = DiffusionAgent(config, spec)
     for seed in range(2):
         agent.update(REGISTRY["diffusion"].example_batch(agent, seed))
     options = DiffusionPolicyOptions(scheduler="ddim", inference_steps=steps)

@@ -69,6 +69,8 @@ from seqrl.nn.optim import optimizer_step
 
 DENOISERS = ("unet", "transformer")
 SAMPLERS = ("ddpm", "ddim")
+PREDICTION_TYPES = ("epsilon", "sample")
+OBS_NORMALIZATIONS = ("range", "standard")
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
 
 
@@ -84,6 +86,10 @@ class DiffusionConfig:
     """Tp: actions per denoised chunk (and steps per training window)."""
     action_horizon: int = 8
     """Ta: actions executed from each chunk before planning again; <= horizon - obs_horizon + 1."""
+    obs_normalization: str = "range"
+    """How observations are scaled before conditioning: "range" maps the dataset's min..max to
+    [-1, 1] (the reference); "standard" uses (obs - mean) / std, which learns much faster where
+    a few outliers stretch a dimension's range (Hopper's velocities; see the README)."""
     down_dims: list[int] = field(default_factory=lambda: [256, 512, 1024])
     """unet: channels per level (each level but the last halves the horizon)."""
     kernel_size: int = 5
@@ -104,6 +110,10 @@ class DiffusionConfig:
     """Diffusion steps of the training noise schedule (DDPMScheduler.num_train_timesteps)."""
     beta_schedule: str = "squaredcos_cap_v2"
     """Noise schedule: squaredcos_cap_v2, linear or scaled_linear."""
+    prediction_type: str = "epsilon"
+    """What the denoiser predicts: "epsilon" (the noise; the reference) or "sample" (the clean
+    chunk x0, which learns a usable policy in far fewer updates on low-dimensional control;
+    see the README's Hopper table)."""
     lr: float = 1e-4
     """AdamW learning rate after warm-up."""
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
@@ -129,6 +139,16 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         if self.denoiser not in DENOISERS:
             raise ValueError(f"agent.denoiser must be one of {DENOISERS}; got {self.denoiser!r}")
+        if self.obs_normalization not in OBS_NORMALIZATIONS:
+            raise ValueError(
+                f"agent.obs_normalization must be one of {OBS_NORMALIZATIONS}; "
+                f"got {self.obs_normalization!r}"
+            )
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"agent.prediction_type must be one of {PREDICTION_TYPES}; "
+                f"got {self.prediction_type!r}"
+            )
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(
                 f"agent.beta_schedule must be one of {BETA_SCHEDULES}; got {self.beta_schedule!r}"
@@ -156,6 +176,10 @@ class DiffusionPolicyOptions:
     """Denoising steps per chunk, evenly spaced over the training steps; None = all of them."""
     seed: int = 0
     """Seed of the per-env noise streams: the same seed gives the same actions."""
+    action_horizon: int | None = None
+    """Actions executed from each chunk before planning again (None: the agent's Ta); at most
+    horizon - obs_horizon + 1. Fewer means more replanning: slower, but more robust where the
+    open-loop chunk drifts (Hopper: see the README)."""
 
     def __post_init__(self) -> None:
         if self.scheduler not in SAMPLERS:
@@ -164,6 +188,21 @@ class DiffusionPolicyOptions:
             raise ValueError(f"policy.inference_steps must be >= 1, got {self.inference_steps}")
         if self.seed < 0:
             raise ValueError(f"policy.seed must be >= 0, got {self.seed}")
+        if self.action_horizon is not None and self.action_horizon < 1:
+            raise ValueError(f"policy.action_horizon must be >= 1, got {self.action_horizon}")
+
+
+def executed_actions(config: DiffusionConfig, options: DiffusionPolicyOptions) -> int:
+    """Ta for a policy: the option if set (checked against the chunk), else the agent's."""
+    if options.action_horizon is None:
+        return config.action_horizon
+    most = config.horizon - config.obs_horizon + 1
+    if options.action_horizon > most:
+        raise ValueError(
+            f"policy.action_horizon={options.action_horizon} exceeds horizon - obs_horizon + 1 = "
+            f"{most} (the actions of a chunk from the current step on); use at most {most}"
+        )
+    return options.action_horizon
 
 
 def noise_scheduler(config: DiffusionConfig, kind: str = "ddpm", steps: int | None = None) -> Any:
@@ -175,7 +214,7 @@ def noise_scheduler(config: DiffusionConfig, kind: str = "ddpm", steps: int | No
         "num_train_timesteps": config.train_timesteps,
         "beta_schedule": config.beta_schedule,
         "clip_sample": True,
-        "prediction_type": "epsilon",
+        "prediction_type": config.prediction_type,
     }
     if kind == "ddpm":
         scheduler = DDPMScheduler(variance_type="fixed_small", **common)
@@ -212,9 +251,11 @@ class DiffusionModel(nn.Module):
         self.config, self.spec = config, spec
         self.obs_dim = int(np.prod(spec.obs_shape)) if spec.obs_shape else 1
         stats = stats or {}
-        self.obs_scaling = _range_scaling(
-            self.obs_dim, stats.get("observation_min"), stats.get("observation_max")
-        )
+        low, high = stats.get("observation_min"), stats.get("observation_max")
+        if config.obs_normalization == "standard" and "observation_mean" in stats:
+            mean, std = np.asarray(stats["observation_mean"]), np.asarray(stats["observation_std"])
+            low, high = mean - std, mean + std  # the same affine map as (obs - mean) / std
+        self.obs_scaling = _range_scaling(self.obs_dim, low, high)
         if not spec.discrete:  # data range if known, else the Box (unbounded dims as they are)
             low = stats.get("action_min")
             box = low is None
@@ -309,7 +350,8 @@ def diffusion_loss(
         0, model.config.train_timesteps, (clean.shape[0],), device=clean.device
     )  # (B,)
     noisy = scheduler.add_noise(clean, noise, steps)
-    loss = F.mse_loss(model.denoiser(noisy, steps, cond), noise)
+    target = clean if model.config.prediction_type == "sample" else noise
+    loss = F.mse_loss(model.denoiser(noisy, steps, cond), target)
     return loss, {"train/loss": loss.item()}
 
 
@@ -418,14 +460,15 @@ class DiffusionPolicy:
         self.model, self.num_envs, self.options = model, num_envs, options
         self.device = next(model.parameters()).device
         self.scheduler = noise_scheduler(config, options.scheduler, options.inference_steps)
-        self.obs_horizon, self.action_horizon = config.obs_horizon, config.action_horizon
+        self.obs_horizon = config.obs_horizon
+        self.action_horizon = executed_actions(config, options)
         n, dev = num_envs, self.device
         self.history = torch.zeros((n, config.obs_horizon, *model.spec.obs_shape), device=dev)
         dtype = torch.long if model.spec.discrete else torch.float32
         self.queue = torch.zeros(
-            (n, config.action_horizon, *model.spec.action_shape), dtype=dtype, device=dev
+            (n, self.action_horizon, *model.spec.action_shape), dtype=dtype, device=dev
         )  # (N, Ta, *act)
-        self.queue_pos = torch.full((n,), config.action_horizon, device=dev)  # (N,) Ta = empty
+        self.queue_pos = torch.full((n,), self.action_horizon, device=dev)  # (N,) Ta = empty
         self.started = torch.zeros(n, dtype=torch.bool, device=dev)  # (N,) history filled
         self.chunks = torch.zeros(n, dtype=torch.long, device=dev)  # (N,) since reset
         self.replanned = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -572,32 +615,36 @@ class DiffusionStep(ExportStep):
     control flow, so the trace is exact, at the price of `inference_steps` denoiser calls per
     step (see `docs/readme/export.md`). The scheduler's coefficients are constants (buffers)
     computed by diffusers' `DDIMScheduler` at export time; `chunk` is the DDIM update as tensor
-    math, op for op as `DDIMScheduler.step` with eta = 0 and x0 clipped.
+    math, op for op as `DDIMScheduler.step` with eta = 0 and x0 clipped (epsilon or sample
+    prediction). `action_horizon` overrides the agent's Ta (the policy option of that name).
     """
 
-    def __init__(self, model: DiffusionModel, scheduler: Any) -> None:
+    def __init__(
+        self, model: DiffusionModel, scheduler: Any, action_horizon: int | None = None
+    ) -> None:
         super().__init__(model.spec)
         config = model.config
         self.model = model
         self.obs_horizon, self.horizon = config.obs_horizon, config.horizon
-        self.action_horizon = config.action_horizon
+        self.action_horizon = action_horizon or config.action_horizon
         self.noise_shape = (config.horizon, model.spec.action_dim)
         timesteps, coefficients = ddim_coefficients(scheduler)
         self.register_buffer("timesteps", timesteps)  # (S,) int64
         self.register_buffer("coefficients", coefficients)  # (S, 4) float32
+        self.predicts_sample = scheduler.config.prediction_type == "sample"
         clip = scheduler.config.clip_sample
         self.clip = float(scheduler.config.clip_sample_range) if clip else None
         self.description = (
             f"Diffusion Policy ({config.denoiser}), DDIM with {len(timesteps)} denoising steps "
             f"unrolled (eta 0), To={config.obs_horizon}, Tp={config.horizon}, "
-            f"Ta={config.action_horizon}; every call denoises a chunk for every env and keeps it "
+            f"Ta={self.action_horizon}; every call denoises a chunk for every env and keeps it "
             "where state.queue_pos == Ta (the queue ran out)"
         )
         self.meanings = {
             "history": "the last To observations (raw), oldest first",
             "started": "False until the first step of an episode (that step fills the history)",
             "queue": "the actions still to execute from the last chunk (env units / indices)",
-            "queue_pos": f"index of the next queued action; {config.action_horizon} (Ta) = "
+            "queue_pos": f"index of the next queued action; {self.action_horizon} (Ta) = "
             "empty: this step samples a chunk from `noise`",
         }
 
@@ -618,8 +665,11 @@ class DiffusionStep(ExportStep):
         sample = noise
         for i in range(self.timesteps.shape[0]):  # unrolled: S denoiser calls
             sqrt_alpha, sqrt_beta, sqrt_alpha_prev, direction = self.coefficients[i]
-            epsilon = self.model.denoiser(sample, self.timesteps[i], cond)  # (B, Tp, A)
-            original = (sample - sqrt_beta * epsilon) / sqrt_alpha  # predicted x0
+            output = self.model.denoiser(sample, self.timesteps[i], cond)  # (B, Tp, A)
+            if self.predicts_sample:
+                original, epsilon = output, (sample - sqrt_alpha * output) / sqrt_beta
+            else:
+                epsilon, original = output, (sample - sqrt_beta * output) / sqrt_alpha
             if self.clip is not None:
                 original = original.clamp(-self.clip, self.clip)
             sample = sqrt_alpha_prev * original + direction * epsilon
@@ -652,14 +702,14 @@ class DiffusionStep(ExportStep):
 
 
 def ddim_coefficients(scheduler: Any) -> tuple[Tensor, Tensor]:
-    """diffusers' DDIMScheduler (timesteps set, epsilon prediction, eta 0) as constants:
+    """diffusers' DDIMScheduler (timesteps set, epsilon or sample prediction, eta 0) as constants:
     timesteps (S,) int64 and per step (sqrt(a_t), sqrt(1 - a_t), sqrt(a_prev), sqrt(1 - a_prev))
     (S, 4) float32, computed with the scheduler's own tensors and formulas (`step`)."""
     config = scheduler.config
-    if config.prediction_type != "epsilon" or config.thresholding:
+    if config.prediction_type not in PREDICTION_TYPES or config.thresholding:
         raise ValueError(
-            f"diffusion export supports epsilon prediction without thresholding; the scheduler "
-            f"has prediction_type={config.prediction_type!r}, thresholding={config.thresholding}"
+            f"diffusion export supports {PREDICTION_TYPES} prediction without thresholding; the "
+            f"scheduler has prediction_type={config.prediction_type!r}, thresholding={config.thresholding}"
         )
     stride = config.num_train_timesteps // scheduler.num_inference_steps
     rows = []
@@ -684,7 +734,7 @@ def export_step(agent: DiffusionAgent, options: DiffusionPolicyOptions) -> Diffu
             "--policy scheduler=ddim --policy inference_steps=N (e.g. N=10; the same weights)"
         )
     scheduler = noise_scheduler(agent.config, "ddim", options.inference_steps)
-    return DiffusionStep(agent.ema_model, scheduler)
+    return DiffusionStep(agent.ema_model, scheduler, executed_actions(agent.config, options))
 
 
 ENTRY = AgentEntry(

@@ -11,9 +11,12 @@ from seqrl.agents.bc import BCAgent, BCConfig
 from seqrl.agents.diffusion import (
     DiffusionAgent,
     DiffusionConfig,
+    DiffusionModel,
     DiffusionPolicyOptions,
     DiffusionWindowSampler,
+    diffusion_loss,
     ema_decay,
+    export_step,
     make_sampler,
     noise_scheduler,
 )
@@ -77,6 +80,71 @@ def test_queue_executes_action_horizon_actions_then_replans():
             torch.testing.assert_close(
                 history, torch.as_tensor(obs[start - 1 : start + 1]).transpose(0, 1)
             )
+
+
+@pytest.mark.parametrize("executed", [1, 3])
+def test_the_action_horizon_option_replans_that_often_in_the_policy_and_the_export(executed):
+    agent = _agent()
+    policy = agent.policy(2, scheduler="ddim", inference_steps=4, action_horizon=executed)
+    spy = SampleSpy(policy)
+    obs, _ = observation_stream(CONTINUOUS, 7, 2)
+    actions = [policy.act(obs[t]).action for t in range(7)]
+    starts = list(range(0, 7, executed))
+    assert len(spy.calls) == len(starts)  # a chunk every `executed` steps, not every Ta = 4
+    for (_, chunk), start in zip(spy.calls, starts):
+        expected = policy.model.to_env(chunk[:, TO - 1 : TO - 1 + executed])
+        for k in range(min(executed, 7 - start)):
+            torch.testing.assert_close(actions[start + k], expected[:, k], rtol=0, atol=0)
+    options = DiffusionPolicyOptions(scheduler="ddim", inference_steps=4, action_horizon=executed)
+    step = export_step(agent, options)
+    assert step.action_horizon == executed
+    assert step.initial_row()["queue"].shape[0] == executed
+    with pytest.raises(ValueError, match=r"policy\.action_horizon=8 exceeds horizon - obs_horizon"):
+        agent.policy(1, action_horizon=8)
+
+
+def test_standard_observation_normalization_is_the_z_score_and_range_the_min_max():
+    rng = np.random.default_rng(0)
+    obs = rng.normal(3.0, 2.0, size=(50, *CONTINUOUS.obs_shape)).astype(np.float32)
+    stats = {
+        "observation_mean": obs.mean(0),
+        "observation_std": obs.std(0),
+        "observation_min": obs.min(0),
+        "observation_max": obs.max(0),
+    }
+    history = torch.as_tensor(obs[:4]).reshape(2, 2, -1)
+    standard = DiffusionModel(
+        DiffusionConfig(**TINY, obs_normalization="standard"), CONTINUOUS, stats
+    )
+    expected = (history - torch.as_tensor(stats["observation_mean"])) / torch.as_tensor(
+        stats["observation_std"]
+    )
+    torch.testing.assert_close(standard.condition(history), expected, rtol=1e-5, atol=1e-5)
+    ranged = DiffusionModel(DiffusionConfig(**TINY), CONTINUOUS, stats)
+    low, high = torch.as_tensor(stats["observation_min"]), torch.as_tensor(stats["observation_max"])
+    expected = 2 * (history - low) / (high - low) - 1
+    torch.testing.assert_close(ranged.condition(history), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"agent\.obs_normalization"):
+        DiffusionConfig(obs_normalization="whiten")
+
+
+class _Passthrough(torch.nn.Module):
+    def forward(self, noisy, steps, cond):
+        return noisy
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
+def test_the_loss_target_is_the_noise_or_the_clean_chunk(prediction, monkeypatch):
+    """With noisy = clean and an identity denoiser, only sample prediction has zero loss."""
+    agent = _agent(0, prediction_type=prediction)
+    model, scheduler = agent.model, agent.noise_scheduler
+    monkeypatch.setattr(scheduler, "add_noise", lambda clean, noise, steps: clean)
+    monkeypatch.setattr(model, "denoiser", _Passthrough())
+    loss, _ = diffusion_loss(model, scheduler, random_window_batch(CONTINUOUS, context=8))
+    assert (loss.item() == 0.0) == (prediction == "sample")
+    assert scheduler.config.prediction_type == prediction
+    with pytest.raises(ValueError, match=r"agent\.prediction_type"):
+        DiffusionConfig(prediction_type="v_prediction")
 
 
 def test_reset_clears_history_and_queue_of_those_envs_only():
@@ -295,7 +363,12 @@ def test_diffusion_trains_evaluates_resumes_and_loads_from_the_command_line(
     assert main([*args, "--steps", "4", "--run-dir", str(run_dir)]) == 0
     config = load_config(run_dir)
     assert config["algo"] == "diffusion"
-    assert config["policy"] == {"scheduler": "ddim", "inference_steps": 2, "seed": 0}
+    assert config["policy"] == {
+        "scheduler": "ddim",
+        "inference_steps": 2,
+        "seed": 0,
+        "action_horizon": None,
+    }
     evaluation = ["eval", str(run_dir), "--episodes", "2", "--num-envs", "2"]
     assert main([*evaluation, "--policy", "inference_steps=3"]) == 0
     assert "| 2 |" in capsys.readouterr().out
