@@ -229,13 +229,7 @@ class BCAgent:
         self.config, self.spec = config, spec
         self.device = torch.device(config.device)
         self.model = BCModel(config, spec, stats).to(self.device)
-        self.optim = WarmupAdamW(
-            self.model.parameters(),
-            config.lr,
-            config.weight_decay,
-            config.warmup_steps,
-            config.grad_clip,
-        )
+        self.optim = WarmupAdamW.from_config(self.model.parameters(), config)
 
     def update(self, batch: WindowBatch) -> dict[str, float]:
         self.model.train()

@@ -428,13 +428,7 @@ class DTAgent:
         self.model = DecisionTransformerModel(
             config, spec, stats.get("observation_mean"), stats.get("observation_std")
         ).to(self.device)
-        self.optim = WarmupAdamW(
-            self.model.parameters(),
-            config.lr,
-            config.weight_decay,
-            config.warmup_steps,
-            config.grad_clip,
-        )
+        self.optim = WarmupAdamW.from_config(self.model.parameters(), config)
 
     def update(self, batch: WindowBatch) -> dict[str, float]:
         self.model.train()

@@ -444,13 +444,7 @@ class QTransformerAgent:
         self.device = torch.device(config.device)
         self.model = QTransformerModel(config, spec, stats).to(self.device)
         self.target = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.optim = WarmupAdamW(
-            self.model.parameters(),
-            config.lr,
-            config.weight_decay,
-            config.warmup_steps,
-            config.grad_clip,
-        )
+        self.optim = WarmupAdamW.from_config(self.model.parameters(), config)
 
     def update(self, batch: TransitionBatch) -> dict[str, float]:
         self.model.train()

@@ -91,6 +91,13 @@ class WarmupAdamW:
         self.max_grad_norm = max_grad_norm
         self.updates = 0
 
+    @classmethod
+    def from_config(cls, parameters: Iterable[torch.nn.Parameter], config: Any) -> WarmupAdamW:
+        """From an agent config's `lr`, `weight_decay`, `warmup_steps` and `grad_clip`."""
+        return cls(
+            parameters, config.lr, config.weight_decay, config.warmup_steps, config.grad_clip
+        )
+
     def step(self, loss: Tensor) -> tuple[float, float]:
         """Backpropagate and update once; (grad norm before clipping, learning rate used next)."""
         norm = optimizer_step(
