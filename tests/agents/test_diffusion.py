@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from seqrl.agents.bc import BCAgent, BCConfig
+from seqrl.agents.diffusion import ENTRY as DIFFUSION_ENTRY
 from seqrl.agents.diffusion import (
     DiffusionAgent,
     DiffusionConfig,
@@ -28,16 +29,7 @@ from seqrl.core import EnvSpec
 from seqrl.export import load_policy
 from tests.agents.helpers import CONTINUOUS, observation_stream, random_window_batch
 
-TINY = {
-    "horizon": 8,
-    "action_horizon": 4,
-    "down_dims": [16, 32],
-    "groups": 4,
-    "step_embed_dim": 16,
-    "train_timesteps": 20,
-    "warmup_steps": 1,
-    "batch_size": 8,
-}
+TINY = {**DIFFUSION_ENTRY.tiny_config, "train_timesteps": 20}  # 20: the error test names it
 TO, TA = 2, 4
 
 
