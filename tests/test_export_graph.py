@@ -24,12 +24,12 @@ from tests.export_helpers import EXPORT_OPTIONS, compare_rollouts, make_run
 TOLERANCE = 1e-4
 
 
-def _parity(tmp_path, name, kind, agent=None, **options):
+def _parity(tmp_path, name, kind, agent=None, steps=160, **options):
     options = {**EXPORT_OPTIONS.get(name, {}), **options}
     run = make_run(name, tmp_path, kind, agent)
     for format in FORMATS:
         out = export_policy(run, format, tmp_path / f"export-{format}", **options)
-        worst, resets = compare_rollouts(run, load_exported(out, 4), kind, **options)
+        worst, resets = compare_rollouts(run, load_exported(out, 4), kind, steps, **options)
         assert resets >= 3, "the episodes must end at different steps in the batch"
         assert worst <= TOLERANCE, f"{name} {format}: action difference {worst:.3g}"
 
@@ -45,6 +45,12 @@ def test_every_registered_agent_declares_an_export_step():
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_exported_actions_equal_load_policy_with_midbatch_resets(tmp_path, name):
     _parity(tmp_path, name, "continuous")
+
+
+def test_exported_diffusion_replanning_every_third_step_equals_load_policy_over_320_steps(tmp_path):
+    """The `action_horizon` policy option (not the agent's Ta) in the exported step, over long
+    episodes with resets in the middle of the batch."""
+    _parity(tmp_path, "diffusion", "continuous", steps=320, action_horizon=3)
 
 
 @pytest.mark.slow
