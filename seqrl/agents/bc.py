@@ -287,15 +287,14 @@ class BCPolicy:
         """`reward` is accepted for the common signature and unused."""
         obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
         check_observations("BCPolicy", obs_t, self.model.spec.obs_shape, self.num_envs)
-        was_training = self.model.training
-        self.model.eval()
+        if self.model.training:  # acting is inference; `update` switches to train() itself
+            self.model.eval()
         if self.inference == "step":
             tokens = self.model.tokens(obs_t[:, None], self.timestep[:, None])  # (N, 1, D)
             hidden, self.state = self.model.backbone.step(tokens, self.state)
             prediction, log_std = self.model.head(hidden[:, -1])
         else:
             prediction, log_std = self._act_window(obs_t)
-        self.model.train(was_training)
         self.timestep += 1
         self.last_prediction = prediction  # (N, A) model units / logits, for tests
         return PolicyStep(action=self.model.act(prediction, log_std, self.explore))

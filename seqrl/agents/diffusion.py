@@ -509,10 +509,9 @@ class DiffusionPolicy:
             for env, chunk in zip(rows.tolist(), self.chunks[rows].tolist())
         ]
         initial = None if noise is None else torch.as_tensor(noise, device=self.device)[rows]
-        was_training = self.model.training
-        self.model.eval()
+        if self.model.training:  # acting is inference; `update` switches to train() itself
+            self.model.eval()
         chunk = self.model.sample(self.history[rows], self.scheduler, initial, generators)
-        self.model.train(was_training)
         first = self.obs_horizon - 1
         actions = self.model.to_env(chunk[:, first : first + self.action_horizon])  # (R, Ta, *act)
         self.queue[rows] = actions.to(self.queue.dtype)

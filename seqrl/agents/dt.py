@@ -515,8 +515,8 @@ class DTPolicy:
     def act(
         self, obs: np.ndarray | Tensor, reward: np.ndarray | Tensor | None = None
     ) -> PolicyStep:
-        was_training = self.model.training
-        self.model.eval()
+        if self.model.training:  # acting is inference; `update` switches to train() itself
+            self.model.eval()
         obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
         check_observations("DTPolicy", obs_t, self.model.spec.obs_shape, self.num_envs)
         if reward is not None:
@@ -532,7 +532,6 @@ class DTPolicy:
         self.last_prediction = prediction  # (N, A) model units / logits, for inspection and tests
         self.fresh[:] = False
         self.timestep += 1
-        self.model.train(was_training)
         return PolicyStep(action=self.model.to_env_action(prediction))
 
     def _act_window(self, obs: Tensor) -> Tensor:

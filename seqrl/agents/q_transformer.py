@@ -515,10 +515,9 @@ class QTransformerPolicy:
         self.valid = (self.valid + 1).clamp(max=history)
         positions = torch.arange(history, device=self.device)
         mask = positions[None, :] >= (history - self.valid)[:, None]  # (N, W)
-        was_training = self.model.training
-        self.model.eval()
+        if self.model.training:  # acting is inference; `update` switches to train() itself
+            self.model.eval()
         bins, q = self.model.decode(self.window, mask, self.epsilon, self.cached)
-        self.model.train(was_training)
         self.last_q, self.last_bins = q, bins  # (N, d, n), (N, d): for tests and inspection
         return PolicyStep(action=self.model.bins_to_actions(bins))
 

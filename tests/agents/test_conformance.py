@@ -127,6 +127,30 @@ def test_policy_acts_for_one_or_several_envs(name, spec, num_envs, explore):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_acting_leaves_the_model_in_eval_mode_and_update_trains_again(name):
+    """`act` is inference: it leaves every module in eval mode rather than switching back on each
+    call (eval() + train() recurse through the module tree: 0.17 ms of DT's ~7 ms act at 100
+    envs); `update` switches to train mode itself, so dropout is on for every gradient step."""
+    torch.manual_seed(0)
+    _, agent = _make(name, CONTINUOUS, example_stats(CONTINUOUS))
+    runs: list[tuple[torch.nn.Module, bool]] = []
+    for module in agent.model.modules():
+        module.register_forward_pre_hook(lambda m, args: runs.append((m, m.training)))
+    agent.model.train()
+    policy = agent.policy(2)
+    obs, rewards = observation_stream(CONTINUOUS, 3, 2)
+    for t in range(3):
+        policy.act(obs[t], None if t == 0 else rewards[t - 1])
+    acting = {module for module, _ in runs}
+    assert not any(training for _, training in runs), "a module ran in train mode while acting"
+    assert not any(module.training for module in acting), "act switched back to train mode"
+    runs.clear()
+    agent.update(_batch(name, agent))
+    trained = {module for module, training in runs if training}
+    assert trained and acting <= trained, "update left modules the policy uses in eval mode"
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_policy_rejects_wrong_env_count_and_unknown_options_with_clear_errors(name):
     entry, agent = _make(name, CONTINUOUS)
     with pytest.raises(ValueError, match=r"unknown setting policy\.no_such_option.*valid"):
