@@ -283,6 +283,7 @@ def score_run(args: argparse.Namespace, budget: Budget, variant: str, seed: int)
         "final": curve[-1],
         "seconds": time.perf_counter() - begin,
         "agent": config["agent"],
+        "policy": config["policy"],
     }
     (folder / "result.json").write_text(json.dumps(result, indent=1))
 
@@ -304,7 +305,7 @@ def d3rlpy_score_run(
             d3.call("train", steps=chunk)
             done += chunk
             num_envs = min(budget.eval_num_envs, budget.eval_episodes)
-            policy = D3rlpyPolicy(d3, num_envs, agent["target_return"])
+            policy = D3rlpyPolicy(d3, num_envs, config["policy"]["target_return"])
             result = evaluate(policy, ENV_ID, budget.eval_episodes, num_envs, EVAL_SEED, reference)
             curve.append(
                 {
@@ -365,7 +366,7 @@ def stage_scores(args: argparse.Namespace, budget: Budget, command_args: list[st
         "budget": budget_label(budget),
         "eval_episodes": budget.eval_episodes,
         "eval_seed": EVAL_SEED,
-        "target_return": variants[0]["runs"][0]["agent"]["target_return"],
+        "target_return": variants[0]["runs"][0]["policy"]["target_return"],
         "workers": args.workers,
     }
 
@@ -399,7 +400,7 @@ def stage_speed(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
     agent, config = load_agent(runs["seqrl"])
     sliding, _ = load_agent(runs["sliding"])
     model = agent.model.eval()
-    target = float(config["agent"]["target_return"])
+    target = float(config["policy"]["target_return"])
     block, episodes, extra = budget.speed_block, budget.speed_episodes, budget.speed_extra_envs
     default_label = "default DT (seqrl seed 0)"
     sliding_label = "sliding-window DT (seed 0), its exact mode"
@@ -472,7 +473,25 @@ def stage_speed(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
     speed["window_vs_sequential_max_return_diff"] = float(
         np.abs(window - np.array(totals["sequential"]["returns"])).max()
     )
+    speed["overhead"] = dt_overhead(agent, sliding, target, budget, args.threads)
     return speed
+
+
+def dt_overhead(agent: Any, sliding: Any, target: float, budget: Budget, threads: int) -> dict:
+    """The policy's share next to MuJoCo's own stepping (issue 16's target <= 0.30) for the
+    trained DTs at `speed_extra_envs` envs, with `experiments/bench_rollout.py`'s measurement:
+    at `--threads` and at every core when the machine has more."""
+    from bench_rollout import policy_overhead
+
+    envs = budget.speed_extra_envs
+    policies = {
+        "sliding-window DT, cache mode": sliding.policy(envs, target_return=target,
+                                                        inference="cache"),
+        "default DT, window mode": agent.policy(envs, target_return=target, inference="window"),
+    }  # fmt: skip
+    counts = sorted({threads, os.cpu_count() or 1})
+    rounds, steps = (1, 5) if envs < 10 else (3, 100)
+    return policy_overhead(policies, envs, rounds, steps, counts)
 
 
 # ---- main --------------------------------------------------------------------------------------

@@ -112,6 +112,24 @@ def policy_rows(names: list[str] | None) -> list[tuple[str, str, dict, dict]]:
     return rows
 
 
+def preset_rows(items: list[str]) -> list[tuple[str, str, dict, dict]]:
+    """Rows for `--preset AGENT=PATH`: the preset's `agent:` and `policy:` sections."""
+    import yaml
+
+    from seqrl.agents import REGISTRY
+
+    rows = []
+    for item in items:
+        agent, _, path = item.partition("=")
+        if agent not in REGISTRY or not path:
+            raise SystemExit(f"--preset takes AGENT=PATH with AGENT one of {sorted(REGISTRY)}; "
+                             f"got {item!r}")  # fmt: skip
+        preset = yaml.safe_load((REPO / path).read_text()) or {}
+        rows.append((agent, f"preset {Path(path).stem}", preset.get("agent") or {},
+                     preset.get("policy") or {}))  # fmt: skip
+    return rows
+
+
 def with_policy_options(rows: list, items: list[str]) -> list:
     """Rows with `--policy-option AGENT.NAME=VALUE` items (values parsed as YAML) added."""
     from seqrl.config import apply_overrides
@@ -177,6 +195,11 @@ def stage_latency(args: argparse.Namespace, spec: Any, rows: list) -> list[dict]
     return results
 
 
+def thread_label(key: str, threads: int, choices: list[int]) -> str:
+    """A row's label: the policy, and its torch thread count when several are measured."""
+    return key if len(choices) == 1 else f"{key} ({threads} thread{'s' * (threads > 1)})"
+
+
 class ZeroPolicy:
     """The MuJoCo-only ceiling: a constant action, no computation."""
 
@@ -193,11 +216,7 @@ class ZeroPolicy:
 
 
 def stage_overhead(args: argparse.Namespace, spec: Any, rows: list) -> dict:
-    from seqrl.envs import make_vector_env
-
-    envs = make_vector_env(ENV_ID, args.envs, seed=0, autoreset=True)
-    low, high = envs.single_action_space.low, envs.single_action_space.high
-    policies: dict[str, Any] = {"ceiling": ZeroPolicy(args.envs, spec.action_dim)}
+    policies: dict[str, Any] = {}
     for row in rows:
         if any(part in f"{row[0]} {row[1]}" for part in args.skip_overhead):
             continue
@@ -206,13 +225,33 @@ def stage_overhead(args: argparse.Namespace, spec: Any, rows: list) -> dict:
             policies[f"{row[0]} {row[1]}"] = make_policy(spec, row[0], row[2], row[3], args.envs)
         except Exception as error:
             log(f"overhead: skipping {row[0]} {row[1]}: {error}")
-    totals = {key: {"act": 0.0, "env": 0.0, "steps": 0} for key in policies}
-    for round_index in range(args.rounds):
-        for key, policy in policies.items():
+    return policy_overhead(policies, args.envs, args.rounds, args.steps, args.threads)
+
+
+def policy_overhead(
+    policies: dict[str, Any], num_envs: int, rounds: int, steps: int, threads: list[int]
+) -> dict:
+    """Each policy (label -> `Policy` over `num_envs` envs) steps `num_envs` Hopper envs, with
+    the MuJoCo-only ceiling (a constant action), in `rounds` interleaved rounds of `steps` vector
+    steps at every torch thread count: time in `act` over time in `env.step`, and env steps / s
+    against the ceiling's (also used by experiments/bench_dt.py on its trained DT)."""
+    from seqrl.envs import make_vector_env
+
+    envs = make_vector_env(ENV_ID, num_envs, seed=0, autoreset=True)
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+    action_dim = int(np.prod(envs.single_action_space.shape))
+    policies = {"ceiling": ZeroPolicy(num_envs, action_dim), **policies}
+    runs = {thread_label(key, count, threads): (policy, count)
+            for key, policy in policies.items() for count in threads}  # fmt: skip
+    totals = {key: {"act": 0.0, "env": 0.0, "steps": 0} for key in runs}
+    restore = torch.get_num_threads()
+    for round_index in range(rounds):
+        for key, (policy, count) in runs.items():
             # every policy plays the same fresh episodes in a round
+            torch.set_num_threads(count)
             obs, reward = envs.reset(seed=1000 * round_index)[0], None
             policy.reset()
-            for _ in range(args.steps):
+            for _ in range(steps):
                 begin = time.perf_counter()
                 action = policy.act(obs, reward).action
                 action = np.clip(np.asarray(action, dtype=np.float64), low, high)
@@ -224,20 +263,21 @@ def stage_overhead(args: argparse.Namespace, spec: Any, rows: list) -> dict:
                     policy.reset(done)
                 totals[key]["act"] += middle - begin
                 totals[key]["env"] += end - middle
-                totals[key]["steps"] += args.envs
-        log(f"overhead round {round_index + 1}/{args.rounds}: " + ", ".join(
+                totals[key]["steps"] += num_envs
+        log(f"overhead round {round_index + 1}/{rounds}: " + ", ".join(
             f"{k} {t['act'] / max(t['env'], 1e-9):.2f}" for k, t in totals.items()))  # fmt: skip
     envs.close()
-    ceiling = totals["ceiling"]
+    torch.set_num_threads(restore)
+    ceiling = totals[thread_label("ceiling", threads[0], threads)]
     ceiling_rate = ceiling["steps"] / (ceiling["act"] + ceiling["env"])
-    result = {"num_envs": args.envs, "rounds": args.rounds, "steps_per_round": args.steps,
-              "ceiling_env_steps_per_s": ceiling_rate, "rows": []}  # fmt: skip
+    result = {"num_envs": num_envs, "rounds": rounds, "steps_per_round": steps,
+              "threads": threads, "ceiling_env_steps_per_s": ceiling_rate, "rows": []}  # fmt: skip
     for key, t in totals.items():
         rate = t["steps"] / (t["act"] + t["env"])
         result["rows"].append({
             "policy": key,
-            "act_ms": 1000 * t["act"] * args.envs / t["steps"],
-            "env_ms": 1000 * t["env"] * args.envs / t["steps"],
+            "act_ms": 1000 * t["act"] * num_envs / t["steps"],
+            "env_ms": 1000 * t["env"] * num_envs / t["steps"],
             "overhead": t["act"] / t["env"],
             "env_steps_per_s": rate,
             "vs_ceiling": rate / ceiling_rate,
@@ -308,13 +348,32 @@ def stage_async(args: argparse.Namespace, spec: Any) -> dict:
             "steps_per_round": args.steps, "rows": rows}  # fmt: skip
 
 
+def overhead_table(overhead: dict) -> list[str]:
+    """The markdown table of `policy_overhead`'s result."""
+    lines = [
+        "| policy | act ms / vector step | env.step ms / vector step | act / env.step | "
+        "env steps / s | vs MuJoCo alone |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in overhead["rows"]:
+        mark = "" if row["overhead"] <= 0.30 else " (missed)"
+        lines.append(
+            f"| {row['policy']} | {row['act_ms']:.2f} | {row['env_ms']:.2f} | "
+            f"{row['overhead']:.2f}{mark} | {row['env_steps_per_s']:.0f} | "
+            f"{row['vs_ceiling']:.2f} |"
+        )
+    return lines
+
+
 def write_table(results: dict, path: Path) -> None:
     meta = results["machine"]
     lines = [
         "## Rollout cost per agent (experiments/bench_rollout.py)",
         "",
         f"{meta['cpu']}, {meta['cores']} cores, fast bf16: {meta['fast_bf16']}, torch "
-        f"{meta['torch']}, {meta['threads']} thread, load average at start "
+        f"{meta['torch']}, torch threads {meta['threads']} (overhead stage: "
+        f"{', '.join(map(str, results.get('overhead', {}).get('threads', [meta['threads']])))}), "
+        "load average at start "
         f"{' '.join(f'{x:.1f}' for x in meta['load'])}, at end "
         f"{' '.join(f'{x:.1f}' for x in meta.get('load_end', ()))} (shared machine), "
         f"{meta['date']}, {results.get('wall_minutes', 0):.1f} min.",
@@ -350,17 +409,8 @@ def write_table(results: dict, path: Path) -> None:
             f"steps per policy. MuJoCo alone (zero actions): "
             f"{overhead['ceiling_env_steps_per_s']:.0f} env steps / s.",
             "",
-            "| policy | act ms / vector step | env.step ms / vector step | act / env.step | "
-            "env steps / s | vs MuJoCo alone |",
-            "|---|---:|---:|---:|---:|---:|",
+            *overhead_table(overhead),
         ]
-        for row in overhead["rows"]:
-            mark = "" if row["overhead"] <= 0.30 else " (missed)"
-            lines.append(
-                f"| {row['policy']} | {row['act_ms']:.2f} | {row['env_ms']:.2f} | "
-                f"{row['overhead']:.2f}{mark} | {row['env_steps_per_s']:.0f} | "
-                f"{row['vs_ceiling']:.2f} |"
-            )
     stepping = results.get("async")
     if stepping:
         lines += [
@@ -402,6 +452,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--policy-option", action="append", default=[], metavar="AGENT.NAME=VALUE",
                         help="a policy option for one agent's rows, repeatable, e.g. "
                         "diffusion.scheduler=ddim diffusion.inference_steps=8")  # fmt: skip
+    parser.add_argument("--preset", action="append", default=[], metavar="AGENT=PATH",
+                        help="also measure a preset's model and policy options, repeatable, e.g. "
+                        "diffusion=experiments/diffusion/hopper-expert.yaml")  # fmt: skip
+    parser.add_argument("--threads", type=int, nargs="+", default=[1],
+                        help="torch threads: the first for the latency and async stages; the "
+                        "overhead stage measures every policy at each (e.g. --threads 1 2)")  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.quick:
@@ -410,9 +466,11 @@ def main(argv: list[str] | None = None) -> None:
         REPO / "runs/rollouts/quick" if args.quick else REPO / "experiments/results/dt"
     )
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
+    if min(args.threads) < 1:
+        raise SystemExit(f"--threads must be >= 1; got {args.threads}")
+    torch.set_num_threads(args.threads[0])
     spec = hopper_spec()
-    rows = [row for row in policy_rows(args.agents)
+    rows = [row for row in policy_rows(args.agents) + preset_rows(args.preset)
             if not any(part in f"{row[0]} {row[1]}" for part in args.skip)]  # fmt: skip
     rows = with_policy_options(rows, args.policy_option)
     results: dict[str, Any] = {"machine": machine(), "positions": args.positions,

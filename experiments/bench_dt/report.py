@@ -147,6 +147,27 @@ def speed_section(speed: dict[str, Any]) -> list[str]:
             f"|action difference| {speed['hf_max_abs_diff']:.1e} on random windows."
         )
     lines.append("")
+    if speed.get("overhead"):
+        lines += overhead_section(speed["overhead"])
+    return lines
+
+
+def overhead_section(overhead: dict[str, Any]) -> list[str]:
+    """The policy's time in `act` over MuJoCo's in `env.step`, same loop (issue 16: <= 0.30)."""
+    from bench_rollout import overhead_table  # experiments/ (bench_dt.py's folder)
+
+    lines = [
+        f"### Policy overhead at {overhead['num_envs']} Hopper-v5 envs (target <= 0.30)",
+        "",
+        f"The trained DTs and a constant policy (MuJoCo alone, the ceiling) step the same "
+        f"{overhead['num_envs']} envs in {overhead['rounds']} interleaved rounds of "
+        f"{overhead['steps_per_round']} vector steps, at torch threads "
+        f"{', '.join(map(str, overhead['threads']))} (experiments/bench_rollout.py's "
+        "measurement).",
+        "",
+        *overhead_table(overhead),
+    ]
+    lines.append("")
     return lines
 
 
