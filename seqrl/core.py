@@ -48,7 +48,9 @@ class Policy(Protocol):
         """Choose actions for observations `obs` (B, *obs_shape).
 
         `reward` (B,) is the reward received for the previous action (None on the first step of
-        an episode); policies that condition on returns (Decision Transformer) use it.
+        an episode); policies that condition on returns (Decision Transformer) use it. Acting is
+        inference: it puts the shared model in eval mode and leaves it there (switching back on
+        every call cost a noticeable part of a fast `act`); `Agent.update` switches to train mode.
         """
         ...
 
@@ -58,7 +60,8 @@ class Agent(Protocol):
     """A trainable agent: owns its networks, optimizers, schedulers and target networks."""
 
     def update(self, batch: Any) -> dict[str, float]:
-        """One gradient update; returns metrics with namespaced keys (`train/loss`, ...)."""
+        """One gradient update (the model in train mode, whatever a policy left it in); returns
+        metrics with namespaced keys (`train/loss`, ...)."""
         ...
 
     def policy(self, num_envs: int = 1, *, explore: bool = False, **options: Any) -> Policy:
