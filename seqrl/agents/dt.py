@@ -354,13 +354,20 @@ class DecisionTransformerModel(nn.Module):
         _, state = self.backbone.step(tokens, state)
         return state
 
-    def step_tokens(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """Feed embedded tokens (B, n, D) whose last one is s_t; returns predictions (B, A)."""
+    def step_tokens(
+        self, tokens: Tensor, state: Any, pad: Tensor | None = None
+    ) -> tuple[Tensor, Any]:
+        """Feed embedded tokens (B, n, D) whose last one is s_t; returns predictions (B, A).
+
+        `pad` (B,): leading tokens of each row to skip (rows whose episode starts at this step
+        have no a_{t-1}; their state is empty), for the attention backbones' `step`."""
         tokens = self._finish_tokens(tokens)
+        options: dict[str, Any] = {}
         if self.backbone_selects:
-            hidden, state = self.backbone.step(tokens, state, select=slice(-1, None))
-        else:
-            hidden, state = self.backbone.step(tokens, state)
+            options["select"] = slice(-1, None)
+        if pad is not None and self.config.backbone in ATTENTION_BACKBONES:
+            options["pad"] = pad
+        hidden, state = self.backbone.step(tokens, state, **options)
         return self._head(hidden[:, -1]), state
 
 
@@ -553,22 +560,20 @@ class DTPolicy:
         return prediction
 
     def _act_cache(self, obs: Tensor) -> Tensor:
-        model, backbone = self.model, self.model.backbone
+        model = self.model
         return_tokens, state_tokens = model._embed_steps(
             self.returns_to_go[:, None], obs[:, None], self.timestep[:, None]
         )  # (N, 1, D) each
-        tokens = [return_tokens, state_tokens]
+        tokens, pad = [return_tokens, state_tokens], None
         pending = self.pending
         if bool(pending.any()):
             action_tokens = model._embed_actions(
                 self.previous_action[:, None], (self.timestep - 1).clamp(min=0)[:, None]
             )  # (N, 1, D)
-            if bool(pending.all()):
-                tokens.insert(0, action_tokens)
-            else:  # some envs just started: feed a_{t-1} alone, then empty their (fresh) rows
-                _, self.state = backbone.step(model._finish_tokens(action_tokens), self.state)
-                self.state = backbone.reset_state(self.state, ~pending)
-        prediction, self.state = model.step_tokens(torch.cat(tokens, 1), self.state)
+            tokens.insert(0, action_tokens)
+            if not bool(pending.all()):  # envs that just started have no a_{t-1}: padding
+                pad = (~pending).long()
+        prediction, self.state = model.step_tokens(torch.cat(tokens, 1), self.state, pad)
         self.previous_action = prediction.argmax(-1) if self.spec.discrete else prediction
         self.pending[:] = True
         return prediction

@@ -98,14 +98,17 @@ def as_done(done: Tensor, batch_size: int, device: torch.device) -> Tensor:
 
 
 def zero_rows(state: State, done: Tensor, *, in_place: bool = False) -> State:
-    """Zero the rows of every state tensor where `done` (B,) is True."""
+    """Zero the rows of every state tensor where `done` (B,) is True.
+
+    In place, only the done rows are written (`index_fill_`): a GPT cache at 100 envs is 12 MB,
+    and a `masked_fill_` over all of it cost 0.5 ms per reset where one or two envs ended.
+    """
+    if in_place:
+        rows = done.nonzero().squeeze(1)
+        return {key: tensor.index_fill_(0, rows, 0) for key, tensor in state.items()}
     out = {}
     for key, tensor in state.items():
-        rows = done.view((-1,) + (1,) * (tensor.dim() - 1))
-        if in_place:
-            out[key] = tensor.masked_fill_(rows, 0)
-        else:
-            out[key] = tensor.masked_fill(rows, 0)
+        out[key] = tensor.masked_fill(done.view((-1,) + (1,) * (tensor.dim() - 1)), 0)
     return out
 
 

@@ -347,16 +347,35 @@ class GPT(nn.Module):
             cache["pos"] = plan.end
         return y, cache if return_state else None
 
-    def step(self, x: Tensor, state: State, *, select: Select = None) -> tuple[Tensor, State]:
+    def step(
+        self, x: Tensor, state: State, *, select: Select = None, pad: Tensor | None = None
+    ) -> tuple[Tensor, State]:
         """x (B, n, D) -> y (B, n, D) (or the `select`ed tokens): append n tokens to the cache
-        (in place) and attend."""
+        (in place) and attend.
+
+        `pad` (B,) long: the first pad[b] tokens of row b are padding, for a row whose episode
+        starts inside the step (its cache must be empty): they take the negative positions
+        -pad[b]..-1, which no query ever reads (a ring or full cache treats them as empty slots,
+        and the next real tokens overwrite them), so the row's real tokens compute exactly what
+        they would alone. This lets a batch whose rows have different step lengths (DT: envs
+        just reset have no a_{t-1} token) take one pass instead of two. Their own outputs are
+        not meaningful.
+        """
         check_inputs("GPT", x, self.width, None, None)
         check_state("GPT", state, x.shape[0], ("pos", "k.0", "v.0"))
-        plan = self._plan(x, state["pos"], None, None, True, select, step=True)
+        start = state["pos"]
+        if pad is not None:
+            if bool(((pad > 0) & (start > 0)).any()) or bool((pad >= x.shape[1]).any()):
+                raise ValueError(
+                    "GPT.step: pad may only be given for rows with an empty cache (reset_state "
+                    "first), and must leave at least one real token per row."
+                )
+            start = start - pad
+        plan = self._plan(x, start, None, None, True, select, step=True, padded=pad is not None)
         y = self._run(x, plan, state)
         if plan.mode == "flash" and select is not None:
             y = y[:, select]
-        state["pos"].add_(x.shape[1])
+        state["pos"].copy_(plan.end)
         return y, state
 
     def _run(self, x: Tensor, plan: _Plan, cache: State | None) -> Tensor:
@@ -377,6 +396,7 @@ class GPT(nn.Module):
         write: bool,
         select: Select,
         step: bool,
+        padded: bool = False,
     ) -> _Plan:
         batch, length, _ = x.shape
         device, window, size = x.device, self.config.window, self.cache_size
@@ -426,7 +446,12 @@ class GPT(nn.Module):
                 causal = False
             plan = _Plan(mode="fresh", allowed=allowed, causal=causal, **writes)
             return self._with_select(plan, select, length, device)
-        if step and self._use_flash(x):
+        if padded and not (simple and write and (length <= self.config.step_tokens or not ring)):
+            raise ValueError(
+                f"GPT.step: pad needs a step of at most step_tokens={self.config.step_tokens} "
+                f"tokens with a sliding window; got {length}."
+            )
+        if step and not padded and self._use_flash(x):
             return _Plan(mode="flash", allowed=None, select=select, **writes)
         if simple and write and (length <= self.config.step_tokens or not ring):
             # append first: each query reads the slots that hold its window after writing
@@ -435,6 +460,8 @@ class GPT(nn.Module):
             allowed = (held >= 0) & (held <= positions[:, :, None])  # (B, T, S')
             if ring:
                 allowed = allowed & (positions[:, :, None] - held < window)
+            if padded:  # a padding token sees no key: let it see all (finite, never read)
+                allowed = allowed | ~allowed.any(-1, keepdim=True)
             plan = _Plan(mode="append", allowed=allowed[:, None], limit=limit, **writes)
             return self._with_select(plan, select, length, device)
         limit = size if ring or torch.jit.is_tracing() else int(begin.max())

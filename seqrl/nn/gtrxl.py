@@ -225,11 +225,23 @@ class GTrXL(nn.Module):
         return y, detach_state(new_state) if return_state else None
 
     def step(
-        self, x: Tensor, state: State, *, select: slice | Tensor | None = None
+        self,
+        x: Tensor,
+        state: State,
+        *,
+        select: slice | Tensor | None = None,
+        pad: Tensor | None = None,
     ) -> tuple[Tensor, State]:
-        """x (B, n, D) -> y (B, n, D), attending over the memory and the n new tokens."""
+        """x (B, n, D) -> y (B, n, D), attending over the memory and the n new tokens.
+
+        `pad` (B,) long: the first pad[b] tokens of row b are padding, skipped like masked tokens
+        (GPT.step's argument of the same name; there the row's memory must be empty, here any).
+        """
         check_inputs("GTrXL", x, self.width, None, None)
-        y, new_state = self._run(x, state, None, None, select)
+        mask = None
+        if pad is not None:
+            mask = torch.arange(x.shape[1], device=x.device)[None, :] >= pad[:, None]  # (B, n)
+        y, new_state = self._run(x, state, mask, None, select)
         return y, detach_state(new_state)
 
     def _run(

@@ -112,3 +112,41 @@ def test_left_padding_mask_path_equals_the_general_mask(window):
     general, _ = model(x, mask=mask, episode_start=no_starts, return_state=False)
     torch.testing.assert_close(fast * mask[..., None], general * mask[..., None])
     assert torch.isfinite(fast).all()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("window", [4, 7, None])
+def test_padded_rows_of_a_step_compute_what_their_real_tokens_compute_alone(window):
+    """`step(pad=...)`: rows whose episode starts inside a step (DT: no a_{t-1} after a reset)
+    share one pass with the others; their padding is never read, here or in later steps, also
+    once a ring has wrapped around past the slots the padding was written to."""
+    model, batch, width = _gpt(window), 4, 32
+    padded, plain = model.initial_state(batch), model.initial_state(batch)
+    torch.manual_seed(1)
+    for t in range(40):
+        x = torch.randn(batch, 3, width)
+        fresh = torch.zeros(batch, dtype=torch.bool)
+        if t in (11, 25):  # rows 1 and 3 start episodes here, row 0 too at 25
+            fresh[1] = fresh[3] = True
+            fresh[0] = t == 25
+            padded = model.reset_state(padded, fresh)
+            plain = model.reset_state(plain, fresh)
+        pad = fresh.long() if t > 0 else None  # no padding at all on the first step
+        y, padded = model.step(x, padded, pad=pad, select=slice(-1, None))
+        # the reference: every row stepped alone with its real tokens
+        for row in range(batch):
+            real = x[row : row + 1, 1:] if pad is not None and pad[row] else x[row : row + 1]
+            state = {key: value[row : row + 1] for key, value in plain.items()}
+            y_row, _ = model.step(real, state)  # writes into plain's row (views)
+            torch.testing.assert_close(y[row, -1], y_row[0, -1], atol=2e-5, rtol=1e-4)
+        assert torch.equal(padded["pos"], plain["pos"])
+
+
+def test_pad_is_refused_for_rows_with_history_and_for_all_padding_rows():
+    model = _gpt(4)
+    state = model.initial_state(2)
+    model.step(torch.randn(2, 3, 32), state)
+    with pytest.raises(ValueError, match="empty cache"):
+        model.step(torch.randn(2, 3, 32), state, pad=torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="at least one real token"):
+        model.step(torch.randn(2, 3, 32), model.initial_state(2), pad=torch.tensor([3, 0]))
