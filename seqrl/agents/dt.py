@@ -50,7 +50,6 @@ fresh state trained, so cache mode is refused for them.
 from __future__ import annotations
 
 import functools
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +78,7 @@ from seqrl.core import (
 )
 from seqrl.nn import make_backbone
 from seqrl.nn.attention import Dropout
+from seqrl.nn.base import forward_selected, selects
 from seqrl.nn.heads import ActionScaling
 from seqrl.nn.optim import WarmupAdamW
 
@@ -262,8 +262,6 @@ class DecisionTransformerModel(nn.Module):
             activation=config.activation,
             **extra,
         )
-        # gpt and gtrxl compute the last layer only where asked (`select`); others are sliced
-        self.backbone_selects = "select" in inspect.signature(self.backbone.forward).parameters
         self.action_head = nn.Linear(width, spec.action_dim)
         if config.timestep_init_std is not None:  # last, so other inits draw the same numbers
             nn.init.normal_(self.embed_timestep.weight, std=config.timestep_init_std)
@@ -327,13 +325,9 @@ class DecisionTransformerModel(nn.Module):
         tokens = self._finish_tokens(tokens.reshape(batch, 3 * time, -1))  # (B, 3T, D)
         token_mask = None if mask is None else mask.repeat_interleave(3, dim=1)  # (B, 3T)
         state_tokens = slice(1, None, 3)  # s_1, s_2, ...: what the loss and the policy read
-        if self.backbone_selects:
-            state_hidden, _ = self.backbone(
-                tokens, mask=token_mask, return_state=False, select=state_tokens
-            )  # (B, T, D)
-        else:
-            hidden, _ = self.backbone(tokens, mask=token_mask, return_state=False)  # (B, 3T, D)
-            state_hidden = hidden[:, state_tokens]  # (B, T, D)
+        state_hidden, _ = forward_selected(
+            self.backbone, tokens, state_tokens, mask=token_mask, return_state=False
+        )  # (B, T, D)
         return self._head(state_hidden)
 
     # ---- incremental (cache inference) ------------------------------------------------------
@@ -363,7 +357,7 @@ class DecisionTransformerModel(nn.Module):
         have no a_{t-1}; their state is empty), for the attention backbones' `step`."""
         tokens = self._finish_tokens(tokens)
         options: dict[str, Any] = {}
-        if self.backbone_selects:
+        if selects(type(self.backbone)):  # gpt, gtrxl: the last layer at s_t only
             options["select"] = slice(-1, None)
         if pad is not None and self.config.backbone in ATTENTION_BACKBONES:
             options["pad"] = pad

@@ -70,6 +70,7 @@ from seqrl.core import (
     env_rows,
 )
 from seqrl.nn import make_backbone
+from seqrl.nn.base import forward_selected
 from seqrl.nn.discretize import from_bins, to_bins
 from seqrl.nn.heads import ActionScaling
 from seqrl.nn.optim import WarmupAdamW
@@ -251,8 +252,10 @@ class QTransformerModel(nn.Module):
         if window_mask is not None and not bool(window_mask.all()):
             extra = x.shape[1] - history
             mask = F.pad(window_mask.bool(), (0, extra), value=True)  # (B, W + j)
-        hidden, _ = self.backbone(x, mask=mask, return_state=False)
-        return self.head(hidden[:, history - 1 :], 0)
+        hidden, _ = forward_selected(  # the last layer only at the scoring tokens
+            self.backbone, x, slice(history - 1, None), mask=mask, return_state=False
+        )
+        return self.head(hidden, 0)
 
     @torch.no_grad()
     def decode(
@@ -277,8 +280,9 @@ class QTransformerModel(nn.Module):
             return prefix, torch.stack(scores, 1)
         embedded = self.embed_window(obs_window)  # (N, W, D)
         mask = None if window_mask is None or bool(window_mask.all()) else window_mask.bool()
-        hidden, state = self.backbone(self.finish(embedded, 0), mask=mask)
-        q = self.head(hidden[:, -1:], 0)[:, 0]  # (N, n)
+        hidden, state = forward_selected(self.backbone, self.finish(embedded, 0), slice(-1, None),
+                                         mask=mask)  # fmt: skip
+        q = self.head(hidden, 0)[:, 0]  # (N, n)
         running, history = embedded[:, -1], obs_window.shape[1]  # (N, D)
         chosen, scores = [], [q]
         for dim in range(self.dims):

@@ -15,8 +15,10 @@ and a parallel forward equals stepping over the real tokens only.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -95,6 +97,24 @@ def as_done(done: Tensor, batch_size: int, device: torch.device) -> Tensor:
     if done.shape != (batch_size,):
         raise ValueError(f"done must have shape ({batch_size},); got {tuple(done.shape)}.")
     return done.bool()
+
+
+@functools.cache
+def selects(backbone_type: type) -> bool:
+    """Whether a backbone class computes outputs for chosen tokens only (`select=` in its
+    forward and step: gpt and gtrxl run the last block's queries, attention and MLP there)."""
+    return "select" in inspect.signature(backbone_type.forward).parameters
+
+
+def forward_selected(
+    backbone: nn.Module, x: Tensor, select: slice | Tensor, **kwargs: Any
+) -> tuple[Tensor, Any]:
+    """`backbone(x, **kwargs)` with outputs (B, T', D) at the `select`ed tokens only: computed
+    only there where the backbone supports it (`selects`), else sliced. Exact either way."""
+    if selects(type(backbone)):
+        return backbone(x, select=select, **kwargs)
+    hidden, state = backbone(x, **kwargs)
+    return hidden[:, select], state
 
 
 def zero_rows(state: State, done: Tensor, *, in_place: bool = False) -> State:

@@ -148,8 +148,11 @@ def test_gtrxl_memory_defaults_to_the_context_window_not_max_timestep():
 
 
 @pytest.mark.parametrize("backbone", ["gpt", "gtrxl", "lstm"])
-def test_state_token_outputs_only_give_the_same_predictions_and_gradients(backbone):
-    """The last layer computes the state tokens only (`select`): same loss, same gradients."""
+def test_state_token_outputs_only_give_the_same_predictions_and_gradients(backbone, monkeypatch):
+    """The last layer computes the state tokens only (`select`): same loss, same gradients as
+    computing every token and slicing (forced through `seqrl.nn.base.selects`)."""
+    import seqrl.nn.base
+
     torch.manual_seed(0)
     config = DTConfig(width=32, layers=2, heads=2, context_len=6, dropout=0.0, backbone=backbone,
                       precision="fp32")  # fmt: skip
@@ -157,9 +160,11 @@ def test_state_token_outputs_only_give_the_same_predictions_and_gradients(backbo
     batch = random_window_batch(CONTINUOUS, context=6, seed=3)  # one row left-padded
     model = agent.model.train()
     actions = model.normalize_actions(batch.actions)
+    assert seqrl.nn.base.selects(type(model.backbone)) == (backbone != "lstm")
     outputs, grads = [], []
-    for selects in (model.backbone_selects, False):
-        model.backbone_selects = selects
+    for forced_slicing in (False, True):
+        if forced_slicing:
+            monkeypatch.setattr(seqrl.nn.base, "selects", lambda backbone_type: False)
         model.zero_grad()
         out = model(batch.observations, actions, batch.returns_to_go, batch.timesteps, batch.mask)
         out[batch.mask].square().sum().backward()
@@ -168,8 +173,6 @@ def test_state_token_outputs_only_give_the_same_predictions_and_gradients(backbo
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    assert model.backbone_selects is False and (backbone != "lstm") == ("select" in str(
-        type(model.backbone).forward.__code__.co_varnames))  # fmt: skip
 
 
 def test_precision_auto_uses_bf16_for_updates_only_where_the_cpu_has_it(monkeypatch, tmp_path):

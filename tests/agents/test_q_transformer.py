@@ -241,6 +241,33 @@ def test_cached_decoding_equals_recomputed_decoding(backbone):
             torch.testing.assert_close(policies[0].last_q, policies[1].last_q, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("backbone", ["gpt", "gtrxl", "lstm"])
+def test_scoring_tokens_only_give_the_same_q_values_and_gradients(backbone, monkeypatch):
+    """gpt and gtrxl run the last layer at the scoring tokens only: the same Q-values and
+    gradients as computing every token and slicing (forced through `seqrl.nn.base.selects`)."""
+    import seqrl.nn.base
+
+    agent = _agent(BOX3, backbone=backbone, dropout=0.0)
+    model = agent.model.train()
+    rng = np.random.default_rng(2)
+    window = torch.as_tensor(rng.normal(size=(5, 3, 4)), dtype=torch.float32)
+    mask = torch.ones(5, 3, dtype=torch.bool)
+    mask[1, 0] = mask[3, :2] = False  # windows at an episode's start are left-padded
+    prefix = torch.as_tensor(rng.integers(0, 6, size=(5, 2)))
+    outputs, grads = [], []
+    for forced_slicing in (False, True):
+        if forced_slicing:
+            monkeypatch.setattr(seqrl.nn.base, "selects", lambda backbone_type: False)
+        model.zero_grad()
+        q = model.q_values(window, mask, prefix)  # (5, 3, bins)
+        q.square().sum().backward()
+        outputs.append(q.detach())
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_env_actions_round_trip_through_bins_within_half_a_bin():
     agent = _agent(BOX3, bins=10)
     low, high = torch.tensor(BOX3.action_low), torch.tensor(BOX3.action_high)
