@@ -139,13 +139,18 @@ def with_policy_options(rows: list, items: list[str]) -> list:
             for agent, label, config, row_options in rows]  # fmt: skip
 
 
-def make_policy(spec: Any, agent_name: str, config: dict, options: dict, num_envs: int) -> Any:
+def make_policy(
+    spec: Any, agent_name: str, config: dict, options: dict, num_envs: int, compiled: bool = False
+) -> Any:
+    """The agent's policy over `num_envs` envs; `compiled`: what `--compile` runs (`act` under
+    `torch.compile`, seqrl.train.compiled)."""
     from seqrl.agents import REGISTRY
     from seqrl.config import from_dict
+    from seqrl.train.compiled import compile_agent
 
     entry = REGISTRY[agent_name]
     agent = entry.agent_cls(from_dict(entry.config_cls, config, "agent"), spec, None)
-    return agent.policy(num_envs, **options)
+    return (compile_agent(agent) if compiled else agent).policy(num_envs, **options)
 
 
 def act_latency(spec: Any, row: tuple, num_envs: int, positions: list[int], repeats: int) -> dict:
@@ -220,11 +225,17 @@ def stage_overhead(args: argparse.Namespace, spec: Any, rows: list) -> dict:
     for row in rows:
         if any(part in f"{row[0]} {row[1]}" for part in args.skip_overhead):
             continue
-        try:
-            torch.manual_seed(0)
-            policies[f"{row[0]} {row[1]}"] = make_policy(spec, row[0], row[2], row[3], args.envs)
-        except Exception as error:
-            log(f"overhead: skipping {row[0]} {row[1]}: {error}")
+        for compiled in (False, True) if args.compile else (False,):
+            label = f"{row[0]} {row[1]}" + (" compiled" if compiled else "")
+            try:
+                torch.manual_seed(0)
+                policies[label] = make_policy(spec, row[0], row[2], row[3], args.envs, compiled)
+            except Exception as error:
+                log(f"overhead: skipping {label}: {error}")
+    if args.compile:  # compile every graph the loop meets (resets, padding) before timing
+        log("overhead: compiling (one untimed round)")
+        compiled_ones = {k: v for k, v in policies.items() if k.endswith(" compiled")}
+        policy_overhead(compiled_ones, args.envs, 1, args.steps, args.threads)
     return policy_overhead(policies, args.envs, args.rounds, args.steps, args.threads)
 
 
@@ -458,6 +469,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1],
                         help="torch threads: the first for the latency and async stages; the "
                         "overhead stage measures every policy at each (e.g. --threads 1 2)")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        help="overhead stage: also measure each policy with `act` under "
+                        "torch.compile (what `--compile` runs), after one untimed round")  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.quick:

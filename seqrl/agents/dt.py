@@ -357,7 +357,7 @@ class DecisionTransformerModel(nn.Module):
         have no a_{t-1}; their state is empty), for the attention backbones' `step`."""
         tokens = self._finish_tokens(tokens)
         options: dict[str, Any] = {}
-        if selects(type(self.backbone)):  # gpt, gtrxl: the last layer at s_t only
+        if selects(self.backbone):  # gpt, gtrxl: the last layer at s_t only
             options["select"] = slice(-1, None)
         if pad is not None and self.config.backbone in ATTENTION_BACKBONES:
             options["pad"] = pad

@@ -15,8 +15,6 @@ and a parallel forward equals stepping over the real tokens only.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -99,11 +97,11 @@ def as_done(done: Tensor, batch_size: int, device: torch.device) -> Tensor:
     return done.bool()
 
 
-@functools.cache
-def selects(backbone_type: type) -> bool:
-    """Whether a backbone class computes outputs for chosen tokens only (`select=` in its
-    forward and step: gpt and gtrxl run the last block's queries, attention and MLP there)."""
-    return "select" in inspect.signature(backbone_type.forward).parameters
+def selects(backbone: nn.Module) -> bool:
+    """Whether a backbone computes outputs for chosen tokens only (`select=` in its forward and
+    step; its class sets `selects_tokens = True`: gpt and gtrxl run the last block's queries,
+    attention and MLP there). A plain attribute, so `torch.compile` traces it as a constant."""
+    return bool(getattr(backbone, "selects_tokens", False))
 
 
 def forward_selected(
@@ -111,7 +109,7 @@ def forward_selected(
 ) -> tuple[Tensor, Any]:
     """`backbone(x, **kwargs)` with outputs (B, T', D) at the `select`ed tokens only: computed
     only there where the backbone supports it (`selects`), else sliced. Exact either way."""
-    if selects(type(backbone)):
+    if selects(backbone):
         return backbone(x, select=select, **kwargs)
     hidden, state = backbone(x, **kwargs)
     return hidden[:, select], state

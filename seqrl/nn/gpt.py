@@ -281,6 +281,9 @@ class GPTBlock(nn.Module):
 class GPT(nn.Module):
     """Pre-LN causal transformer over (B, T, D) tokens; see the module docstring."""
 
+    selects_tokens = True
+    """`select=` computes the last block at the chosen tokens only (`seqrl.nn.base.selects`)."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config

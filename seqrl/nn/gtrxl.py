@@ -186,6 +186,9 @@ class GTrXLBlock(nn.Module):
 class GTrXL(nn.Module):
     """Gated Transformer-XL over (B, T, D) tokens; see the module docstring."""
 
+    selects_tokens = True
+    """`select=` computes the last block at the chosen tokens only (`seqrl.nn.base.selects`)."""
+
     def __init__(self, config: GTrXLConfig) -> None:
         super().__init__()
         self.config = config

@@ -160,11 +160,11 @@ def test_state_token_outputs_only_give_the_same_predictions_and_gradients(backbo
     batch = random_window_batch(CONTINUOUS, context=6, seed=3)  # one row left-padded
     model = agent.model.train()
     actions = model.normalize_actions(batch.actions)
-    assert seqrl.nn.base.selects(type(model.backbone)) == (backbone != "lstm")
+    assert seqrl.nn.base.selects(model.backbone) == (backbone != "lstm")
     outputs, grads = [], []
     for forced_slicing in (False, True):
         if forced_slicing:
-            monkeypatch.setattr(seqrl.nn.base, "selects", lambda backbone_type: False)
+            monkeypatch.setattr(seqrl.nn.base, "selects", lambda backbone: False)
         model.zero_grad()
         out = model(batch.observations, actions, batch.returns_to_go, batch.timesteps, batch.mask)
         out[batch.mask].square().sum().backward()

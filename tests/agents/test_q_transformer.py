@@ -257,7 +257,7 @@ def test_scoring_tokens_only_give_the_same_q_values_and_gradients(backbone, monk
     outputs, grads = [], []
     for forced_slicing in (False, True):
         if forced_slicing:
-            monkeypatch.setattr(seqrl.nn.base, "selects", lambda backbone_type: False)
+            monkeypatch.setattr(seqrl.nn.base, "selects", lambda backbone: False)
         model.zero_grad()
         q = model.q_values(window, mask, prefix)  # (5, 3, bins)
         q.square().sum().backward()
