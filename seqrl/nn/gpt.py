@@ -449,15 +449,17 @@ class GPT(nn.Module):
                 causal = False
             plan = _Plan(mode="fresh", allowed=allowed, causal=causal, **writes)
             return self._with_select(plan, select, length, device)
-        if padded and not (simple and write and (length <= self.config.step_tokens or not ring)):
+        # append first (each query reads the slots that hold its window after writing), unless
+        # writing a ring step longer than `step_tokens` would overwrite slots it still reads
+        appends = simple and write and (length <= self.config.step_tokens or not ring)
+        if padded and not appends:
             raise ValueError(
                 f"GPT.step: pad needs a step of at most step_tokens={self.config.step_tokens} "
                 f"tokens with a sliding window; got {length}."
             )
         if step and not padded and self._use_flash(x):
             return _Plan(mode="flash", allowed=None, select=select, **writes)
-        if simple and write and (length <= self.config.step_tokens or not ring):
-            # append first: each query reads the slots that hold its window after writing
+        if appends:
             limit = size if ring or torch.jit.is_tracing() else int(end.max())
             held = cache_slot_positions(end, size, ring)[:, None, :limit]  # (B, 1, S')
             allowed = (held >= 0) & (held <= positions[:, :, None])  # (B, T, S')
