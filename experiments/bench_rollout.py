@@ -205,6 +205,27 @@ def thread_label(key: str, threads: int, choices: list[int]) -> str:
     return key if len(choices) == 1 else f"{key} ({threads} thread{'s' * (threads > 1)})"
 
 
+def play_round(
+    envs: Any, policy: Any, steps: int, seed: int, total: dict, bounds: tuple[Any, Any]
+) -> None:
+    """`steps` vector steps of `policy` from `envs.reset(seed=seed)` (every policy plays the
+    same fresh episodes in a round), adding the time in `act` and in `env.step` and the env
+    steps to `total`; actions are clipped into `bounds` (low, high)."""
+    obs, reward = envs.reset(seed=seed)[0], None
+    policy.reset()
+    for _ in range(steps):
+        begin = time.perf_counter()
+        action = np.clip(np.asarray(policy.act(obs, reward).action, np.float64), *bounds)
+        middle = time.perf_counter()
+        obs, reward, terminated, truncated, _ = envs.step(action)
+        total["act"] += middle - begin
+        total["env"] += time.perf_counter() - middle
+        total["steps"] += envs.num_envs
+        done = terminated | truncated
+        if done.any():
+            policy.reset(done)
+
+
 class ZeroPolicy:
     """The MuJoCo-only ceiling: a constant action, no computation."""
 
@@ -258,23 +279,8 @@ def policy_overhead(
     restore = torch.get_num_threads()
     for round_index in range(rounds):
         for key, (policy, count) in runs.items():
-            # every policy plays the same fresh episodes in a round
             torch.set_num_threads(count)
-            obs, reward = envs.reset(seed=1000 * round_index)[0], None
-            policy.reset()
-            for _ in range(steps):
-                begin = time.perf_counter()
-                action = policy.act(obs, reward).action
-                action = np.clip(np.asarray(action, dtype=np.float64), low, high)
-                middle = time.perf_counter()
-                obs, reward, terminated, truncated, _ = envs.step(action)
-                end = time.perf_counter()
-                done = terminated | truncated
-                if done.any():
-                    policy.reset(done)
-                totals[key]["act"] += middle - begin
-                totals[key]["env"] += end - middle
-                totals[key]["steps"] += num_envs
+            play_round(envs, policy, steps, 1000 * round_index, totals[key], (low, high))
         log(f"overhead round {round_index + 1}/{rounds}: " + ", ".join(
             f"{k} {t['act'] / max(t['env'], 1e-9):.2f}" for k, t in totals.items()))  # fmt: skip
     envs.close()
@@ -318,21 +324,8 @@ def stage_async(args: argparse.Namespace, spec: Any) -> dict:
     for round_index in range(args.rounds):
         for mode, envs in vector_envs.items():
             for key, policy in policies.items():
-                obs, reward = envs.reset(seed=1000 * round_index)[0], None
-                policy.reset()
-                total = totals[(key, mode)]
-                for _ in range(args.steps):
-                    begin = time.perf_counter()
-                    action = np.clip(np.asarray(policy.act(obs, reward).action, np.float64),
-                                     low, high)  # fmt: skip
-                    middle = time.perf_counter()
-                    obs, reward, terminated, truncated, _ = envs.step(action)
-                    total["act"] += middle - begin
-                    total["env"] += time.perf_counter() - middle
-                    total["steps"] += args.envs
-                    done = terminated | truncated
-                    if done.any():
-                        policy.reset(done)
+                play_round(envs, policy, args.steps, 1000 * round_index, totals[(key, mode)],
+                           (low, high))  # fmt: skip
         log(f"async round {round_index + 1}/{args.rounds}: " + ", ".join(
             f"{k} {m} {t['steps'] / (t['act'] + t['env']):.0f}/s"
             for (k, m), t in totals.items()))  # fmt: skip
