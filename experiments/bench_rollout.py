@@ -124,6 +124,8 @@ def preset_rows(items: list[str]) -> list[tuple[str, str, dict, dict]]:
         if agent not in REGISTRY or not path:
             raise SystemExit(f"--preset takes AGENT=PATH with AGENT one of {sorted(REGISTRY)}; "
                              f"got {item!r}")  # fmt: skip
+        if not (REPO / path).is_file():
+            raise SystemExit(f"--preset {item}: no file {REPO / path}")
         preset = yaml.safe_load((REPO / path).read_text()) or {}
         rows.append((agent, f"preset {Path(path).stem}", preset.get("agent") or {},
                      preset.get("policy") or {}))  # fmt: skip
