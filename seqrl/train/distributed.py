@@ -158,6 +158,7 @@ def distributed_world(backend: str | None = None) -> Iterator[World]:
     if not launched_by_torchrun():
         yield SINGLE
         return
+    _bind_functional_collectives_before_init()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
@@ -168,6 +169,20 @@ def distributed_world(backend: str | None = None) -> Iterator[World]:
         yield _current_world()
     finally:
         dist.destroy_process_group()
+
+
+def _bind_functional_collectives_before_init() -> None:
+    """Import `torch.distributed.nn` while no process group exists.
+
+    Its functions take `group=group.WORLD` as default arguments, bound once at import. Building
+    a torch optimizer imports it (through torch._dynamo and torch._inductor.config), so an agent
+    built inside the world binds the live group there for good. That group then
+    outlives `destroy_process_group`, and so do its gloo worker threads: at interpreter exit,
+    one of them can still be releasing the tensors of the last collective, and its call into a
+    finalizing interpreter aborts the process (SIGABRT, "terminate called without an active
+    exception"). Imported first, the defaults bind None and the group dies on destroy.
+    """
+    import torch.distributed.nn  # noqa: F401
 
 
 def _current_world() -> World:

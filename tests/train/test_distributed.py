@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,6 +184,24 @@ def _resume_worker(rank: int, port: int, out) -> None:
         torch.save({"states": states, "errors": errors}, out / f"rank{rank}.pt")
 
 
+def _gloo_threads() -> list[str]:
+    """Names of this process's gloo threads (Linux: /proc/self/task/*/comm)."""
+    tasks = Path("/proc/self/task")
+    names = [(task / "comm").read_text().strip() for task in tasks.iterdir()]
+    return sorted(name for name in names if "gloo" in name)
+
+
+def _teardown_worker(rank: int, port: int, out) -> None:
+    _join(rank, port)
+    with distributed_world() as world:
+        # what building an agent does inside the world: a torch optimizer imports
+        # torch.distributed.nn, whose default arguments bind the live group
+        torch.optim.Adam(nn.Linear(2, 1).parameters())
+        world.gather(rank)
+        inside = _gloo_threads()
+    torch.save({"inside": inside, "after": _gloo_threads()}, out / f"threads{rank}.pt")
+
+
 def _spawn(worker, tmp_path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -257,6 +276,17 @@ def test_two_process_run_stopped_and_resumed_equals_uninterrupted_run(tmp_path):
             "did not call seqrl.nn.optim.optimizer_step" in rank["errors"]["bypass_optimizer_step"]
         )
         assert "hold different agent states" in rank["errors"]["local_drift"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc")
+def test_leaving_the_world_stops_the_gloo_threads_after_an_optimizer_was_built(tmp_path):
+    """A group that outlives destroy_process_group keeps gloo threads that can abort the process
+    at interpreter exit (SIGABRT), which made the resume test above fail now and then."""
+    _spawn(_teardown_worker, tmp_path)
+    for rank in range(2):
+        threads = torch.load(tmp_path / f"threads{rank}.pt")
+        assert threads["inside"], f"rank {rank}: no gloo thread seen while the group was up"
+        assert threads["after"] == [], f"rank {rank}: {threads['after']} outlived the group"
 
 
 @pytest.mark.slow
