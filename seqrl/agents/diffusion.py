@@ -502,8 +502,13 @@ class DiffusionPolicy:
         self.queue_pos += 1
         return PolicyStep(action=action.clone())
 
+    @torch.compiler.disable
     def _plan(self, rows: Tensor, noise: Tensor | None) -> None:
-        """Sample chunks for envs `rows` (R,) and refill their queues with chunk[To-1 : To-1+Ta]."""
+        """Sample chunks for envs `rows` (R,) and refill their queues with chunk[To-1 : To-1+Ta].
+
+        Runs eagerly under `--compile`: the rows that replan, the per-(env, chunk) seeds and the
+        scheduler's `t.item()` change from call to call, so a compiled plan would recompile
+        until dynamo's limit and then run eagerly anyway."""
         generators = [
             torch.Generator(self.device).manual_seed(self._stream_seed(int(env), int(chunk)))
             for env, chunk in zip(rows.tolist(), self.chunks[rows].tolist())

@@ -460,7 +460,7 @@ class GPT(nn.Module):
         if step and not padded and self._use_flash(x):
             return _Plan(mode="flash", allowed=None, select=select, **writes)
         if appends:
-            limit = size if ring or torch.jit.is_tracing() else int(end.max())
+            limit = size if ring else _read_limit(end, size)
             held = cache_slot_positions(end, size, ring)[:, None, :limit]  # (B, 1, S')
             allowed = (held >= 0) & (held <= positions[:, :, None])  # (B, T, S')
             if ring:
@@ -469,7 +469,7 @@ class GPT(nn.Module):
                 allowed = allowed | ~allowed.any(-1, keepdim=True)
             plan = _Plan(mode="append", allowed=allowed[:, None], limit=limit, **writes)
             return self._with_select(plan, select, length, device)
-        limit = size if ring or torch.jit.is_tracing() else int(begin.max())
+        limit = size if ring else _read_limit(begin, size)
         allowed = attention_mask(positions, positions, seg, seg, valid, steps, steps, window)
         held = cache_slot_positions(begin, size, ring)[:, :limit]  # (B, S')
         zeros, cache_index = torch.zeros_like(held), torch.full((limit,), -1, device=device)
@@ -522,6 +522,28 @@ class GPT(nn.Module):
                 "package; use backend='auto' to fall back to SDPA."
             )
         return flash
+
+
+def _read_limit(filled: Tensor, size: int) -> int:
+    """How many slots of a full cache to read: its filled prefix `max(filled)` in eager mode,
+    the whole cache under tracing (an export fixes the shapes), a rounded-up prefix under
+    torch.compile (`_compiled_read_limit`). Slots read beyond the prefix are empty and masked."""
+    if torch.jit.is_tracing():
+        return size
+    if torch.compiler.is_compiling():
+        return _compiled_read_limit(filled, size)
+    return int(filled.max())
+
+
+@torch.compiler.disable
+def _compiled_read_limit(filled: Tensor, size: int) -> int:
+    """The filled prefix rounded up to 16, 64, 256, ... (at most `size`): a rollout compiles a
+    handful of read lengths instead of one per step, the 9th of which would send the step back
+    to eager. Outside the graph, so that dynamo specializes on the rounded length only."""
+    bucket, filled_max = 16, int(filled.max())
+    while bucket < filled_max:
+        bucket *= 4
+    return min(bucket, size)
 
 
 def _episode_end(positions: Tensor, valid: Tensor, seg: Tensor) -> Tensor:

@@ -1,11 +1,12 @@
 """`--compile` (seqrl.train.compiled): compiled and eager `act` give the same actions for every
-registered agent and policy option; the fallback and the attention probe.
+registered agent and policy option, also past the context with resets and without reaching
+dynamo's recompile limit; the fallback and the attention probe.
 
 Inductor's C++ code generation takes minutes per agent on a 2-core CPU, so the default tests
 compile `act` with the `eager` backend (dynamo's tracing, guards, graph breaks and replayed side
 effects: what can change a policy's behaviour, without code generation) and `update` with
-`aot_eager` (adds AOT autograd's traced backward). Slow tests: the discrete-action variants, the
-agents whose `act` takes minutes to trace, and inductor for DT.
+`aot_eager` (adds AOT autograd's traced backward). Slow tests: the discrete-action variants and
+inductor for DT.
 """
 
 from __future__ import annotations
@@ -29,13 +30,7 @@ from seqrl.train.compiled import (
 from tests.agents.helpers import CONTINUOUS, DISCRETE, observation_stream
 
 BACKEND = "eager"
-SLOW_TO_TRACE = {"diffusion"}
-"""Its DDPM scheduler calls `.item()` on each denoising timestep: a recompile per timestep
-(~80 s here)."""
-NAMES = [
-    pytest.param(name, marks=pytest.mark.slow) if name in SLOW_TO_TRACE else name
-    for name in sorted(REGISTRY)
-]
+NAMES = sorted(REGISTRY)
 
 
 def _agent(name: str, spec, **settings):
@@ -85,6 +80,46 @@ def test_compiled_act_gives_the_eager_actions(name, spec):
         got = _rollout(compiled.policy(3, **options), obs, rewards, seed=2)
         for t, (a, b) in enumerate(zip(reference, got)):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=f"{options} step {t}")
+
+
+STEADY = [
+    ("dt", {}, {}),
+    ("dt", {"attention_window": 3}, {"inference": "cache"}),
+    ("bc", {"backbone": "gpt"}, {}),
+    ("bc", {"backbone": "gtrxl"}, {}),
+    ("q-transformer", {}, {}),
+    ("recurrent-ppo", {"backbone": "gtrxl"}, {}),
+    ("diffusion", {}, {}),
+]
+"""Agents whose compiled `act` must settle: the attention policies with caches and windows."""
+
+
+@pytest.mark.parametrize(("name", "settings", "options"), STEADY, ids=lambda v: str(v or ""))
+def test_compiled_act_stays_compiled_past_the_context_with_resets(name, settings, options):
+    """40 steps (several contexts, episodes up to 40 tokens long) with resets mid-batch: no frame
+    reaches dynamo's recompile limit, after which it would run eagerly for good (a full GPT
+    cache read up to its filled prefix recompiled at every new length), and the actions are
+    the eager ones."""
+    eager = _agent(name, CONTINUOUS, **settings)
+    compiled = CompiledAgent(copy.deepcopy(eager), backend=BACKEND)
+    obs, rewards = observation_stream(CONTINUOUS, steps=40, num_envs=3, seed=4)
+    resets = {7: [True, False, False], 13: [False, True, True], 29: [True, False, True]}
+
+    def rollout(policy) -> np.ndarray:
+        torch.manual_seed(2)
+        actions = []
+        for t in range(len(obs)):
+            if t in resets:
+                policy.reset(np.array(resets[t]))
+            step = policy.act(obs[t], None if t == 0 else rewards[t - 1])
+            actions.append(step.action.detach().cpu().numpy())
+        return np.stack(actions)
+
+    torch._dynamo.reset()
+    reference = rollout(eager.policy(3, **options))
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        got = rollout(compiled.policy(3, **options))
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_compiled_agent_updates_like_the_eager_one():
