@@ -57,7 +57,13 @@ class Policy(Protocol):
 
 @runtime_checkable
 class Agent(Protocol):
-    """A trainable agent: owns its networks, optimizers, schedulers and target networks."""
+    """A trainable agent: owns its networks, optimizers, schedulers and target networks.
+
+    Its trained network is `agent.model` (an `nn.Module`). `--compile` compiles that module's
+    `forward` (`seqrl.train.compiled`), so `update` computes the loss through `model(...)`; a
+    loss that calls only other methods of the model would train eagerly under `--compile`
+    (tests/train/test_compiled.py checks every agent's update runs compiled code).
+    """
 
     def update(self, batch: Any) -> dict[str, float]:
         """One gradient update (the model in train mode, whatever a policy left it in); returns

@@ -285,6 +285,12 @@ class DiffusionModel(nn.Module):
                 config.dropout,
             )
 
+    def forward(self, sample: Tensor, steps: Tensor, cond: Tensor) -> Tensor:
+        """The denoiser's output (B, Tp, A) for noisy chunks `sample` (B, Tp, A) at diffusion
+        steps `steps` (B,) given `cond` (B, To, C). The training loss calls the model, so
+        `--compile` (`nn.Module.compile`) compiles it; sampling calls `denoiser` eagerly."""
+        return self.denoiser(sample, steps, cond)
+
     def condition(self, observations: Tensor) -> Tensor:
         """(B, To, *obs_shape) raw -> (B, To, C) in [-1, 1] over the dataset's range."""
         batch, steps = observations.shape[:2]
@@ -351,7 +357,7 @@ def diffusion_loss(
     )  # (B,)
     noisy = scheduler.add_noise(clean, noise, steps)
     target = clean if model.config.prediction_type == "sample" else noise
-    loss = F.mse_loss(model.denoiser(noisy, steps, cond), target)
+    loss = F.mse_loss(model(noisy, steps, cond), target)
     return loss, {"train/loss": loss.item()}
 
 

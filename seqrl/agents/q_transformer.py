@@ -241,6 +241,12 @@ class QTransformerModel(nn.Module):
 
     # ------------------------------------------------------------------------------- Q-values
 
+    def forward(
+        self, obs_window: Tensor, window_mask: Tensor | None = None, prefix: Tensor | None = None
+    ) -> Tensor:
+        """`q_values`: what the loss calls, so that `--compile` (`nn.Module.compile`) covers it."""
+        return self.q_values(obs_window, window_mask, prefix)
+
     def q_values(
         self, obs_window: Tensor, window_mask: Tensor | None = None, prefix: Tensor | None = None
     ) -> Tensor:
@@ -414,7 +420,7 @@ def q_transformer_loss(
     config = model.config
     window, mask, _, _ = _windows(batch, config.history)
     data_bins = model.action_bins(batch.actions)  # (B, d)
-    q = model.q_values(window, mask, data_bins[:, : model.dims - 1])  # (B, d, n)
+    q = model(window, mask, data_bins[:, : model.dims - 1])  # (B, d, n): q_values
     targets, floor = q_targets(model, target, batch)  # (B, d)
     taken_q = q.gather(-1, data_bins[..., None])[..., 0]  # (B, d)
     td = 0.5 * (taken_q - targets).square().mean()
