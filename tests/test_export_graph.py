@@ -142,10 +142,12 @@ def test_export_refuses_a_run_whose_weights_file_was_replaced(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_bc_window_inference_is_refused_with_the_fix(tmp_path):
+@pytest.mark.parametrize("inference", ["window", "chunk"])
+def test_bc_window_and_chunk_inference_are_refused_with_the_fix(tmp_path, inference):
     run = make_run("bc", tmp_path, "continuous")
-    with pytest.raises(ValueError, match="inference=step"):
-        export_policy(run, "onnx", tmp_path / "out", inference="window")
+    with pytest.raises(ValueError, match=f"inference=step .*not {inference} mode's"):
+        export_policy(run, "onnx", tmp_path / "out", inference=inference)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")

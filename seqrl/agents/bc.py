@@ -20,11 +20,21 @@ Inference (`policy(..., inference=...)`):
 - `"step"` (default): one token per env step through the backbone's incremental `step`, O(1)
   (recurrent) or O(window) per step. Exactly the parallel forward over the whole episode so far
   (tested), so for the recurrent backbones the memory spans the episode, not just K steps.
-- `"window"`: recompute the last K steps from a fresh state at every step: exactly the function
-  trained on K-step windows, at K times the cost.
+- `"chunk"`: step mode with the state of every env made fresh every K steps (robomimic's
+  `rnn_horizon` reset): step t of an episode sees steps K*floor(t/K)..t, as the prediction at
+  position t mod K of a training window does, so it is the trained function at step mode's cost,
+  with less context than window mode in the first steps of each chunk:
 
-What differs from robomimic's BC-RNN: no GMM head, and no periodic hidden-state reset (robomimic
-resets every `rnn_horizon` steps); `inference="window"` is the exact-training-function option.
+  ```
+  episode step  0 1 2 3 4 5 | 6 7 8 9 10 11 | 12 ...     K = 6
+  state         fresh ----> | fresh ------> | fresh ...
+  step 8 sees         6 7 8       (window mode: 3 4 5 6 7 8)
+  ```
+- `"window"`: recompute the last K steps from a fresh state at every step: exactly the function
+  trained on K-step windows, with the whole K steps before every prediction, at K times the cost.
+
+What differs from robomimic's BC-RNN: no GMM head; its periodic hidden-state reset is
+`inference="chunk"`, not the default.
 """
 
 from __future__ import annotations
@@ -108,17 +118,23 @@ class BCConfig:
                 raise ValueError(f"agent.{name} must be >= 1, got {getattr(self, name)}")
 
 
+INFERENCE_MODES = ("step", "chunk", "window")
+
+
 @dataclass
 class BCPolicyOptions:
     """Options of a BC policy (`--policy inference=window`)."""
 
     inference: str = "step"
-    """"step": incremental, state over the whole episode; "window": recompute the last K
-    steps (the trained window function)."""
+    """"step": incremental, state over the whole episode; "chunk": incremental, state made fresh
+    every K steps; "window": recompute the last K steps (see the module docstring)."""
 
     def __post_init__(self) -> None:
-        if self.inference not in ("step", "window"):
-            raise ValueError(f"policy.inference must be 'step' or 'window', got {self.inference!r}")
+        if self.inference not in INFERENCE_MODES:
+            raise ValueError(
+                f"policy.inference must be one of {', '.join(INFERENCE_MODES)}, got "
+                f"{self.inference!r}"
+            )
 
 
 class BCModel(nn.Module):
@@ -266,7 +282,7 @@ class BCPolicy:
         self.device = next(model.parameters()).device
         n, k, dev = num_envs, model.config.context_len, self.device
         self.timestep = torch.zeros(n, dtype=torch.long, device=dev)  # (N,)
-        self.state = model.backbone.initial_state(n, dev) if inference == "step" else None
+        self.state = model.backbone.initial_state(n, dev) if inference != "window" else None
         self.obs_context = torch.zeros((n, k, *model.spec.obs_shape), device=dev)  # (N, K, *obs)
         self.time_context = torch.zeros((n, k), dtype=torch.long, device=dev)  # (N, K)
         self.valid = torch.zeros(n, dtype=torch.long, device=dev)  # (N,) steps in the window
@@ -289,7 +305,12 @@ class BCPolicy:
         check_observations("BCPolicy", obs_t, self.model.spec.obs_shape, self.num_envs)
         if self.model.training:  # acting is inference; `update` switches to train() itself
             self.model.eval()
-        if self.inference == "step":
+        if self.inference == "chunk":  # a fresh state at steps K, 2K, ... of each episode
+            k = self.model.config.context_len
+            restart = (self.timestep > 0) & (self.timestep % k == 0)  # (N,)
+            if bool(restart.any()):
+                self.state = self.model.backbone.reset_state(self.state, restart)
+        if self.inference != "window":
             tokens = self.model.tokens(obs_t[:, None], self.timestep[:, None])  # (N, 1, D)
             hidden, self.state = self.model.backbone.step(tokens, self.state)
             prediction, log_std = self.model.head(hidden[:, -1])
@@ -357,7 +378,8 @@ def export_step(agent: BCAgent, options: BCPolicyOptions) -> BCStep:
     if options.inference != "step":
         raise ValueError(
             f"bc: export covers inference='step' only, got {options.inference!r}; export with "
-            "--policy inference=step (the same weights; state over the whole episode)"
+            "--policy inference=step (the same weights; state over the whole episode, not "
+            f"{options.inference} mode's)"
         )
     return BCStep(agent.model)
 

@@ -112,6 +112,28 @@ def test_window_inference_recomputes_the_last_k_steps_from_a_fresh_state(backbon
         assert not torch.allclose(step_last, window_last, atol=1e-4)
 
 
+@pytest.mark.parametrize("backbone", ["gpt", "gtrxl", "lstm", "xlstm"])
+def test_chunk_inference_restarts_the_state_every_k_steps_of_each_episode(backbone):
+    """Step t of an episode equals the parallel forward from a fresh state over its steps
+    K*floor(t/K)..t (25 steps, K=6, env 1 restarting at step 10: chunks cut mid-rollout)."""
+    agent = _agent(backbone)
+    k = agent.config.context_len
+    chunked = _rollout(agent, "chunk")
+    checked_late = False
+    for t, (prediction, episodes) in enumerate(chunked):
+        for env, episode in enumerate(episodes):
+            first = (len(episode) - 1) // k * k
+            chunk = torch.as_tensor(episode[first:])[None]  # (1, <=K, 5)
+            expected, _ = agent.model(chunk, torch.arange(first, len(episode))[None])
+            torch.testing.assert_close(
+                prediction[env], expected[0, -1], rtol=1e-4, atol=1e-5, msg=f"t={t} env={env}"
+            )
+            checked_late |= first >= 2 * k
+    assert checked_late
+    step_last = _rollout(agent, "step")[-1][0]  # and not step mode once an episode passes K
+    assert not torch.allclose(chunked[-1][0], step_last, atol=1e-4)
+
+
 def _cue_batch(seed: int, batch: int = 64, context: int = 8) -> WindowBatch:
     """Episodes whose first observation carries a cue (+-1 in feature 0) and whose action at
     every step is the cue's: only a policy with memory can act right after step 0."""
