@@ -60,15 +60,18 @@ def test_step_inference_equals_the_parallel_forward_over_the_whole_episode(backb
             )
 
 
+@pytest.mark.parametrize("inference", ["step", "chunk"])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_step_inference_over_long_episodes_at_preset_size_with_midbatch_resets(backbone):
+def test_step_inference_over_long_episodes_at_preset_size_with_midbatch_resets(backbone, inference):
     """The preset's model size (width 128, 3 layers, context 20), 320 steps over 3 envs, env 1
-    restarting at step 150 and env 2 at 260: every prediction equals the parallel forward over
-    that env's episode so far (one forward per episode segment, read at every position)."""
+    restarting at step 150 and env 2 at 260 (chunk boundaries fall at different steps per env):
+    every prediction equals the parallel forward over that env's episode so far (step mode) or
+    over its current K-step chunk so far (chunk mode); one forward per episode segment or chunk,
+    read at every position."""
     agent = _agent(backbone, width=128, layers=3, context_len=20)
     steps, restarts = 320, {150: 1, 260: 2}
     obs = np.random.default_rng(3).normal(size=(steps, 3, 5)).astype(np.float32)
-    policy = agent.policy(3)
+    policy = agent.policy(3, inference=inference)
     policy.reset()
     predictions = []
     segments = [[0, None] for _ in range(3)]  # per env: [start, end) of its current episode
@@ -83,12 +86,15 @@ def test_step_inference_over_long_episodes_at_preset_size_with_midbatch_resets(b
         predictions.append(policy.last_prediction.clone())
     finished += [(env, start, steps) for env, (start, _) in enumerate(segments)]
     predicted = torch.stack(predictions)  # (T, 3, A)
+    period = agent.config.context_len if inference == "chunk" else steps
     for env, start, end in finished:
-        episode = torch.as_tensor(obs[start:end, env])[None]  # (1, L, 5)
-        expected, _ = agent.model(episode, torch.arange(end - start)[None])
-        torch.testing.assert_close(
-            predicted[start:end, env], expected[0], rtol=1e-4, atol=1e-4, msg=f"env {env}"
-        )
+        for first in range(start, end, period):  # episode steps first - start, ... (< end)
+            last = min(first + period, end)
+            segment = torch.as_tensor(obs[first:last, env])[None]  # (1, L, 5)
+            expected, _ = agent.model(segment, torch.arange(first - start, last - start)[None])
+            torch.testing.assert_close(
+                predicted[first:last, env], expected[0], rtol=1e-4, atol=1e-4, msg=f"env {env}"
+            )
     assert len(finished) == 5
 
 

@@ -96,14 +96,20 @@ STEADY = [
 
 @pytest.mark.parametrize(("name", "settings", "options"), STEADY, ids=lambda v: str(v or ""))
 def test_compiled_act_stays_compiled_past_the_context_with_resets(name, settings, options):
-    """40 steps (several contexts, episodes up to 40 tokens long) with resets mid-batch: no frame
+    """320 steps (many contexts, episodes up to 307 steps long) with resets mid-batch: no frame
     reaches dynamo's recompile limit, after which it would run eagerly for good (a full GPT
     cache read up to its filled prefix recompiled at every new length), and the actions are
     the eager ones."""
     eager = _agent(name, CONTINUOUS, **settings)
     compiled = CompiledAgent(copy.deepcopy(eager), backend=BACKEND)
-    obs, rewards = observation_stream(CONTINUOUS, steps=40, num_envs=3, seed=4)
-    resets = {7: [True, False, False], 13: [False, True, True], 29: [True, False, True]}
+    obs, rewards = observation_stream(CONTINUOUS, steps=320, num_envs=3, seed=4)
+    resets = {
+        7: [True, False, False],
+        13: [False, True, True],
+        29: [True, False, True],
+        150: [False, True, False],
+        260: [True, False, False],
+    }
 
     def rollout(policy) -> np.ndarray:
         torch.manual_seed(2)
