@@ -27,7 +27,7 @@ from seqrl.train.compiled import (
     compile_agent,
     compile_available,
 )
-from tests.agents.helpers import CONTINUOUS, DISCRETE, observation_stream
+from tests.agents.helpers import CONTINUOUS, DISCRETE, exact_settings, observation_stream
 
 BACKEND = "eager"
 NAMES = sorted(REGISTRY)
@@ -128,20 +128,13 @@ def test_compiled_act_stays_compiled_past_the_context_with_resets(name, settings
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
 
 
-def _exact_settings(name: str) -> dict:
-    """No dropout (its masks differ between compiled and eager graphs) and fp32, where the
-    agent's config has these fields."""
-    names = {f.name for f in dataclasses.fields(REGISTRY[name].config_cls)}
-    return {k: v for k, v in {"dropout": 0.0, "precision": "fp32"}.items() if k in names}
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_compiled_agent_updates_like_the_eager_one(name):
     """The update runs through the compiled model forward (dynamo captures graphs) and gives
     the eager loss and weights."""
     from torch._dynamo.utils import counters
 
-    eager = _agent(name, CONTINUOUS, **_exact_settings(name))
+    eager = _agent(name, CONTINUOUS, **exact_settings(name))
     compiled = CompiledAgent(copy.deepcopy(eager), backend="aot_eager")
     batch = REGISTRY[name].example_batch(eager, 0)
     torch.manual_seed(3)

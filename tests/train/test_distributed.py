@@ -37,7 +37,7 @@ from seqrl.train.distributed import (
 )
 from seqrl.train.logging import read_metrics
 from seqrl.train.offline import OfflineConfig, train_offline
-from tests.agents.helpers import CONTINUOUS
+from tests.agents.helpers import CONTINUOUS, exact_settings
 from tests.train.test_offline import RegressionSampler
 
 OFFLINE = sorted(name for name, entry in REGISTRY.items() if entry.loop is Loop.OFFLINE)
@@ -122,14 +122,10 @@ class EMARegressionAgent:
 
 
 def _tiny_agent(name: str):
-    """A registered agent with its tiny config, no dropout (dropout masks cannot match between
-    a split and a concatenated batch) and fp32 (bf16 matmuls round differently at another batch
-    size), where its config has these settings."""
+    """A registered agent with its tiny config and `exact_settings` (a split and a concatenated
+    batch must give the same update)."""
     entry = REGISTRY[name]
-    config = entry.config_cls(**entry.tiny_config)
-    names = {f.name for f in dataclasses.fields(config)}
-    exact = {k: v for k, v in {"dropout": 0.0, "precision": "fp32"}.items() if k in names}
-    config = dataclasses.replace(config, **exact)
+    config = entry.config_cls(**{**entry.tiny_config, **exact_settings(name)})
     torch.manual_seed(0)
     return entry.agent_cls(config, CONTINUOUS, example_stats(CONTINUOUS))
 
